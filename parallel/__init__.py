@@ -1,0 +1,1 @@
+"""Device meshes and parallelisation plans applied from outside to the plain model."""
