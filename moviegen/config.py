@@ -145,6 +145,11 @@ class TrainConfig:
     """Show a console progress bar on rank 0."""
     device: str = "auto"
     """auto (cuda when available), cuda or cpu."""
+    init_from: Optional[str] = None
+    """Export directory of an earlier stage to start from; position tables are resized
+    to this stage's model.max_latent_* (see position_resize)."""
+    position_resize: str = "interpolate"
+    """How init_from's position tables reach this stage's sizes: interpolate or extend."""
 
 
 @dataclass
@@ -395,6 +400,12 @@ def validate_config(cfg: JobConfig) -> None:
     _check(t.log_every >= 1, "train.log_every", "must be >= 1")
     _check(t.val_every >= 1, "train.val_every", "must be >= 1")
     _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    _check(t.position_resize in ("interpolate", "extend"), "train.position_resize",
+           f"'{t.position_resize}' is not one of interpolate, extend")
+    if t.init_from is not None:
+        _check(os.path.exists(os.path.join(t.init_from, "model.safetensors")), "train.init_from",
+               f"no model.safetensors in '{t.init_from}' (give an export directory, "
+               f"e.g. <output_dir>/final of the previous stage)")
     _check(cfg.flow.sample_steps >= 2, "flow.sample_steps", "must be >= 2")
     _check(0 < cfg.flow.sigma_min < 1, "flow.sigma_min", "must be in (0, 1)")
 

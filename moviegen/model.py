@@ -1,0 +1,476 @@
+"""The Movie Gen transformer: a flow-matching DiT over TAE latents.
+
+Read top to bottom: sizes, building blocks, one transformer block, the model.
+
+Shape legend
+    B batch, C latent channels (16), T/H/W latent frames/height/width,
+    t/h/w patch-grid sizes (T, H/2, W/2 for patch (1, 2, 2)), S = t*h*w video tokens,
+    D model width, N heads, E head dim (D / N), F SwiGLU hidden width,
+    L text tokens (all encoders concatenated), K text-encoder width.
+
+Per block (design.md): adaLN-modulated RMSNorm -> bidirectional self-attention -> gated
+residual; RMSNorm -> cross-attention to text -> residual; adaLN-modulated RMSNorm ->
+SwiGLU -> gated residual. No biases. adaLN-single: one shared time MLP makes the six
+modulation vectors; each block adds its own learnable [6, D] table. Factorized learnable
+T/H/W position tables are added to the input of every block.
+
+The model knows nothing of distribution. ``parallel/`` shards it from outside: attention
+goes through ``Attention.core`` (swappable), the position add takes a token offset for
+sequence shards, and every Linear works on whatever heads/width it is handed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels
+
+# --------------------------------------------------------------------------- sizes
+MODEL_REGISTRY: dict[str, dict] = {
+    # Movie Gen 30B: 48 layers, 6144 wide, FFN 16384, 48 heads of 128.
+    "30b": dict(n_layers=48, dim=6144, ffn_dim=16384, n_heads=48),
+    # The spatial upsampler's widths are not in our sources: these are Llama-3-8B's.
+    "7b": dict(n_layers=32, dim=4096, ffn_dim=14336, n_heads=32),
+    "5b": dict(n_layers=32, dim=3072, ffn_dim=8192, n_heads=24),
+    "1b": dict(n_layers=24, dim=1536, ffn_dim=4096, n_heads=16),
+    "tiny": dict(n_layers=2, dim=64, ffn_dim=128, n_heads=4),
+}
+
+# Text-encoder output widths when the real encoders are used (Movie Gen: UL2, ByT5,
+# long-prompt MetaCLIP); the tiny default builds its own small encoder instead.
+DEFAULT_TEXT_DIMS = {"ul2": 4096, "byt5": 1472, "metaclip": 1024}
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    ffn_dim: int = 128
+    in_channels: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    max_t: int = 8
+    max_h: int = 16
+    max_w: int = 16
+    norm_eps: float = 1e-6
+    text_dims: dict[str, int] = field(default_factory=lambda: {"byt5": 64})
+    time_freq_dim: int = 256
+    kernels: str = "torch"
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+def resolve_model_args(model_cfg, text_dims: dict[str, int] | None = None) -> ModelArgs:
+    """ModelConfig (a config section) -> ModelArgs (what the module needs)."""
+    base = dict(MODEL_REGISTRY[model_cfg.name])
+    for key in ("dim", "n_layers", "n_heads", "ffn_dim"):
+        if getattr(model_cfg, key, None) is not None:
+            base[key] = getattr(model_cfg, key)
+    return ModelArgs(
+        **base,
+        in_channels=model_cfg.in_channels,
+        patch_size=tuple(model_cfg.patch_size),
+        max_t=model_cfg.max_latent_frames,
+        max_h=model_cfg.max_latent_height,
+        max_w=model_cfg.max_latent_width,
+        norm_eps=model_cfg.norm_eps,
+        text_dims=dict(text_dims) if text_dims is not None else {"byt5": 64},
+        kernels=model_cfg.kernels,
+    )
+
+
+# --------------------------------------------------------------------------- pieces
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(dim))
+
+    def reset_parameters(self):
+        nn.init.ones_(self.weight)
+
+    def forward(self, x):
+        return kernels.reference.rms_norm_reference(x, self.weight, self.eps)
+
+
+class ModulatedRMSNorm(RMSNorm):
+    """RMSNorm(x) * (1 + scale) + shift, scale/shift per sample ([B, D])."""
+
+    backend: str = "torch"
+
+    def forward(self, x_BSD, scale_BD, shift_BD):
+        return kernels.modulated_rms_norm(x_BSD, self.weight, scale_BD, shift_BD, self.eps,
+                                          backend=self.backend)
+
+
+class AttentionCore(nn.Module):
+    """softmax(q k^T / sqrt(E)) v over [B, N, S, E] tensors; the one swappable attention op.
+
+    The kernels issue routes it to Triton, the context-parallel plan replaces it with
+    an all-gather-K/V version. Key padding mask: [B, L] bool, True = real key.
+    """
+
+    backend: str = "torch"
+
+    def forward(self, q_BNSE, k_BNLE, v_BNLE, key_padding_mask_BL=None):
+        return kernels.attention(q_BNSE, k_BNLE, v_BNLE, key_padding_mask_BL,
+                                 backend=self.backend)
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self-attention when ``context`` is None, else cross-attention.
+
+    Head count is derived from the projection's output width at run time, so a
+    tensor-parallel shard (fewer local heads) runs the same code.
+    """
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        self.head_dim = dim // n_heads
+        self.wq = nn.Linear(dim, dim, bias=False)
+        self.wk = nn.Linear(dim, dim, bias=False)
+        self.wv = nn.Linear(dim, dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.core = AttentionCore()
+
+    def reset_parameters(self, std: float):
+        for lin in (self.wq, self.wk, self.wv):
+            nn.init.trunc_normal_(lin.weight, std=0.02)
+        nn.init.trunc_normal_(self.wo.weight, std=std)
+
+    def forward(self, x_BSD, context_BLD=None, key_padding_mask_BL=None):
+        B, S, _ = x_BSD.shape
+        kv_in = x_BSD if context_BLD is None else context_BLD
+        L = kv_in.shape[1]
+        q = self.wq(x_BSD).view(B, S, -1, self.head_dim).transpose(1, 2)  # (B, N, S, E)
+        k = self.wk(kv_in).view(B, L, -1, self.head_dim).transpose(1, 2)  # (B, N, L, E)
+        v = self.wv(kv_in).view(B, L, -1, self.head_dim).transpose(1, 2)  # (B, N, L, E)
+        out = self.core(q, k, v, key_padding_mask_BL)  # (B, N, S, E)
+        out = out.transpose(1, 2).reshape(B, S, -1)  # (B, S, D_local)
+        return self.wo(out)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x), no biases."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def reset_parameters(self, std: float):
+        nn.init.trunc_normal_(self.w1.weight, std=0.02)
+        nn.init.trunc_normal_(self.w3.weight, std=0.02)
+        nn.init.trunc_normal_(self.w2.weight, std=std)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class PatchEmbed(nn.Module):
+    """Conv3d patchify with kernel = stride = patch: [B, C, T, H, W] -> [B, S, D]."""
+
+    def __init__(self, in_channels: int, dim: int, patch: tuple[int, int, int]):
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv3d(in_channels, dim, kernel_size=patch, stride=patch, bias=False)
+
+    def reset_parameters(self):
+        w = self.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+
+    def forward(self, x_BCTHW):
+        return self.proj(x_BCTHW).flatten(2).transpose(1, 2)  # (B, S, D), t-major order
+
+
+class PositionEmbedding(nn.Module):
+    """Factorized learnable tables: pos[t, h, w] = pos_t[t] + pos_h[h] + pos_w[w].
+
+    ``token_offset`` is where this (possibly sharded) sequence starts in the full one.
+    """
+
+    backend: str = "torch"
+
+    def __init__(self, dim: int, max_t: int, max_h: int, max_w: int):
+        super().__init__()
+        self.pos_t = nn.Parameter(torch.empty(max_t, dim))
+        self.pos_h = nn.Parameter(torch.empty(max_h, dim))
+        self.pos_w = nn.Parameter(torch.empty(max_w, dim))
+
+    def reset_parameters(self):
+        for p in (self.pos_t, self.pos_h, self.pos_w):
+            nn.init.normal_(p, std=0.02)
+
+    def forward(self, x_BSD, grid_thw, token_offset: int = 0):
+        return kernels.add_factorized_pos_embed(x_BSD, self.pos_t, self.pos_h, self.pos_w,
+                                                grid_thw, token_offset, backend=self.backend)
+
+
+def timestep_frequencies(t_B: torch.Tensor, dim: int, max_period: float = 10000.0):
+    """Sinusoidal features of t in [0, 1] (scaled by 1000 as in DiT): [B] -> [B, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t_B.device,
+                                                             dtype=torch.float32) / half)
+    args = (t_B.float() * 1000.0)[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimeEmbedding(nn.Module):
+    """adaLN-single's shared part: t -> c [B, D] -> six modulation vectors [B, 6, D]."""
+
+    def __init__(self, dim: int, freq_dim: int):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp_in = nn.Linear(freq_dim, dim, bias=False)
+        self.mlp_out = nn.Linear(dim, dim, bias=False)
+        self.to_modulation = nn.Linear(dim, 6 * dim, bias=False)
+
+    def reset_parameters(self):
+        nn.init.normal_(self.mlp_in.weight, std=0.02)
+        nn.init.normal_(self.mlp_out.weight, std=0.02)
+        nn.init.zeros_(self.to_modulation.weight)
+
+    def forward(self, t_B):
+        freqs = timestep_frequencies(t_B, self.freq_dim).to(self.mlp_in.weight.dtype)
+        c_BD = self.mlp_out(F.silu(self.mlp_in(freqs)))
+        mod_B6D = self.to_modulation(F.silu(c_BD)).unflatten(1, (6, -1))
+        return c_BD, mod_B6D
+
+
+class TextProjection(nn.Module):
+    """One text encoder's output [B, L, K] -> Linear -> LayerNorm -> [B, L, D]."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, dim, bias=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def reset_parameters(self):
+        nn.init.normal_(self.linear.weight, std=self.linear.in_features ** -0.5)
+        self.norm.reset_parameters()
+
+    def forward(self, emb_BLK):
+        return self.norm(self.linear(emb_BLK))
+
+
+# --------------------------------------------------------------------------- block
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        self.n_layers = args.n_layers
+        self.modulation = nn.Parameter(torch.empty(6, args.dim))  # adaLN-single table
+        self.attn_norm = ModulatedRMSNorm(args.dim, args.norm_eps)
+        self.attn = Attention(args.dim, args.n_heads)
+        self.cross_norm = RMSNorm(args.dim, args.norm_eps)
+        self.cross_attn = Attention(args.dim, args.n_heads)
+        self.ffn_norm = ModulatedRMSNorm(args.dim, args.norm_eps)
+        self.ffn = FeedForward(args.dim, args.ffn_dim)
+
+    def reset_parameters(self):
+        # Output projections scaled by depth (as in Llama/torchtitan); gates start at 0
+        # through the zero-initialised shared modulation linear, so every block starts
+        # as the identity on its attention and FFN branches.
+        std = 0.02 / math.sqrt(2 * self.n_layers)
+        nn.init.normal_(self.modulation, std=1.0 / math.sqrt(self.modulation.shape[-1]))
+        self.attn_norm.reset_parameters()
+        self.cross_norm.reset_parameters()
+        self.ffn_norm.reset_parameters()
+        self.attn.reset_parameters(std)
+        self.cross_attn.reset_parameters(std)
+        self.ffn.reset_parameters(std)
+        with torch.no_grad():
+            self.modulation[2].zero_()  # attention gate
+            self.modulation[5].zero_()  # FFN gate
+
+    def forward(self, x_BSD, mod_B6D, text_BLD, text_mask_BL):
+        mod = (mod_B6D + self.modulation.unsqueeze(0)).to(x_BSD.dtype)
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = mod.unbind(1)  # each (B, D)
+        h = self.attn_norm(x_BSD, scale_a, shift_a)
+        x_BSD = kernels.gated_residual(x_BSD, gate_a, self.attn(h),
+                                       backend=self.attn_norm.backend)
+        x_BSD = x_BSD + self.cross_attn(self.cross_norm(x_BSD), text_BLD, text_mask_BL)
+        h = self.ffn_norm(x_BSD, scale_f, shift_f)
+        x_BSD = kernels.gated_residual(x_BSD, gate_f, self.ffn(h),
+                                       backend=self.ffn_norm.backend)
+        return x_BSD
+
+
+class FinalLayer(nn.Module):
+    """adaLN-single output head: modulated norm -> Linear(D, prod(patch) * C), zero-init."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.modulation = nn.Parameter(torch.empty(2, args.dim))
+        self.norm = ModulatedRMSNorm(args.dim, args.norm_eps)
+        self.proj = nn.Linear(args.dim, math.prod(args.patch_size) * args.in_channels, bias=False)
+
+    def reset_parameters(self):
+        nn.init.normal_(self.modulation, std=1.0 / math.sqrt(self.modulation.shape[-1]))
+        self.norm.reset_parameters()
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, x_BSD, c_BD):
+        shift, scale = (c_BD.unsqueeze(1) + self.modulation.unsqueeze(0)).to(x_BSD.dtype).unbind(1)
+        return self.proj(self.norm(x_BSD, scale, shift))  # (B, S, p_t*p_h*p_w*C)
+
+
+# --------------------------------------------------------------------------- model
+class MovieGenTransformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.patch_embed = PatchEmbed(args.in_channels, args.dim, args.patch_size)
+        self.pos_embed = PositionEmbedding(args.dim, args.max_t, args.max_h, args.max_w)
+        self.time_embed = TimeEmbedding(args.dim, args.time_freq_dim)
+        self.text_proj = nn.ModuleDict({name: TextProjection(k, args.dim)
+                                        for name, k in args.text_dims.items()})
+        self.blocks = nn.ModuleDict({str(i): TransformerBlock(args, i)
+                                     for i in range(args.n_layers)})
+        self.final_layer = FinalLayer(args)
+        self.set_kernel_backend(args.kernels)
+
+    # -- init ---------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self):
+        """Initialise every parameter in place (works after ``to_empty`` from meta)."""
+        # Each of our modules initialises its own children (torch's Linear/Conv defaults
+        # are never used), so the order here does not matter.
+        self.patch_embed.reset_parameters()
+        self.pos_embed.reset_parameters()
+        self.time_embed.reset_parameters()
+        for proj in self.text_proj.values():
+            proj.reset_parameters()
+        for block in self.blocks.values():
+            block.reset_parameters()
+        self.final_layer.reset_parameters()
+
+    def set_kernel_backend(self, setting: str, device: torch.device | str | None = None):
+        """Routes norms, residuals, position adds and attention to Triton or torch."""
+        backend = kernels.resolve_backend(setting, torch.device(device or "cpu"))
+        for module in self.modules():
+            if isinstance(module, (ModulatedRMSNorm, AttentionCore, PositionEmbedding)):
+                module.backend = backend
+        return backend
+
+    # -- shapes -------------------------------------------------------------
+    def patch_grid(self, latent_shape_CTHW) -> tuple[int, int, int]:
+        _, T, H, W = latent_shape_CTHW
+        pt, ph, pw = self.args.patch_size
+        if T % pt or H % ph or W % pw:
+            raise ValueError(f"latent shape T={T}, H={H}, W={W} is not divisible by the "
+                             f"patch size {self.args.patch_size}")
+        t, h, w = T // pt, H // ph, W // pw
+        if t > self.args.max_t or h > self.args.max_h or w > self.args.max_w:
+            raise ValueError(f"patch grid (t={t}, h={h}, w={w}) exceeds the position tables "
+                             f"({self.args.max_t}, {self.args.max_h}, {self.args.max_w}); "
+                             f"resize them with moviegen.model.resize_position_tables")
+        return t, h, w
+
+    def unpatchify(self, x_BSP, grid_thw):
+        t, h, w = grid_thw
+        pt, ph, pw = self.args.patch_size
+        C = self.args.in_channels
+        B = x_BSP.shape[0]
+        x = x_BSP.view(B, t, h, w, pt, ph, pw, C)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, t, pt, h, ph, w, pw)
+        return x.reshape(B, C, t * pt, h * ph, w * pw)
+
+    def embed_text(self, text_embeds: dict, text_masks: dict):
+        """Projects each encoder's output and concatenates along the sequence."""
+        parts, masks = [], []
+        for name, proj in self.text_proj.items():
+            if name not in text_embeds:
+                raise KeyError(f"text encoder output '{name}' missing (model expects "
+                               f"{list(self.text_proj.keys())})")
+            parts.append(proj(text_embeds[name]))
+            masks.append(text_masks[name].bool())
+        return torch.cat(parts, dim=1), torch.cat(masks, dim=1)  # (B, L, D), (B, L)
+
+    # -- forward ------------------------------------------------------------
+    def forward(self, x_BCTHW, t_B, text_embeds: dict, text_masks: dict):
+        """Velocity prediction for latents x at flow time t, conditioned on text."""
+        grid = self.patch_grid(x_BCTHW.shape[1:])
+        x = self.patch_embed(x_BCTHW)  # (B, S, D)
+        c_BD, mod_B6D = self.time_embed(t_B)
+        text_BLD, text_mask_BL = self.embed_text(text_embeds, text_masks)
+        for block in self.blocks.values():
+            x = self.pos_embed(x, grid)  # positions enter every block (Movie Gen)
+            x = block(x, mod_B6D, text_BLD, text_mask_BL)
+        x = self.final_layer(x, c_BD)  # (B, S, p*C)
+        return self.unpatchify(x, grid)  # (B, C, T, H, W)
+
+
+# --------------------------------------------------------------------------- utilities
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Totals per top-level component (works on the meta device)."""
+    counts = {}
+    for name, child in model.named_children():
+        counts[name] = sum(p.numel() for p in child.parameters())
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    counts["non_embedding"] = counts["total"] - sum(
+        p.numel() for p in model.pos_embed.parameters())
+    return counts
+
+
+def resize_table(table_ND: torch.Tensor, new_len: int, mode: str) -> torch.Tensor:
+    """One position table to ``new_len`` rows.
+
+    mode "interpolate": linear resampling (the same field of view, more patches).
+    mode "extend": keeps the learnt rows and appends freshly initialised ones (Movie Gen's
+    temporal table for longer videos); shrinking keeps the first rows.
+    """
+    if mode not in ("interpolate", "extend"):
+        raise ValueError(f"mode must be 'interpolate' or 'extend', got {mode!r}")
+    old = table_ND.detach().float()
+    if new_len == old.shape[0]:
+        return table_ND.detach().clone()
+    if mode == "interpolate":
+        out = F.interpolate(old.T.unsqueeze(0), size=new_len, mode="linear",
+                            align_corners=True).squeeze(0).T
+    else:
+        extra = torch.randn(max(new_len - old.shape[0], 0), old.shape[1], device=old.device) * 0.02
+        out = torch.cat([old, extra], 0)[:new_len]
+    return out.to(table_ND.dtype).contiguous()
+
+
+POSITION_KEYS = {"pos_embed.pos_t": "max_t", "pos_embed.pos_h": "max_h", "pos_embed.pos_w": "max_w"}
+
+
+@torch.no_grad()
+def resize_position_tables(model: MovieGenTransformer, max_t: int, max_h: int, max_w: int,
+                           mode: str = "interpolate") -> None:
+    """Grows (or shrinks) the model's factorized tables for a new stage, in place."""
+    pe = model.pos_embed
+    for attr, new_len in (("pos_t", max_t), ("pos_h", max_h), ("pos_w", max_w)):
+        setattr(pe, attr, nn.Parameter(resize_table(getattr(pe, attr), new_len, mode)))
+    model.args.max_t, model.args.max_h, model.args.max_w = max_t, max_h, max_w
+
+
+def adapt_stage_state_dict(state: dict, model: MovieGenTransformer,
+                           mode: str = "interpolate") -> dict:
+    """A checkpoint of an earlier stage -> this model's table sizes (the trainer calls
+    this when ``train.init_from`` names weights with smaller position tables)."""
+    out = dict(state)
+    for key, attr in POSITION_KEYS.items():
+        if key in out:
+            target = getattr(model.args, attr)
+            if out[key].shape[0] != target:
+                out[key] = resize_table(out[key], target, mode)
+    return out
+
+
+def build_model(args: ModelArgs, device: torch.device | str = "cpu") -> MovieGenTransformer:
+    """Meta-device construction, materialise on ``device``, then ``init_weights``."""
+    with torch.device("meta"):
+        model = MovieGenTransformer(args)
+    model.to_empty(device=device)
+    model.init_weights()
+    return model

@@ -1,0 +1,267 @@
+"""Train the Movie Gen transformer with flow matching.
+
+Single process (the tiny CPU demo):
+    python -m moviegen.train --config launch/configs/tiny.yaml
+    python -m moviegen.train --config launch/configs/tiny.yaml --train.steps=60 --output_dir=runs/x
+All fields and their meaning:
+    python -m moviegen.train --help
+
+Outputs in ``output_dir``: metrics.jsonl (one row per logged step, design.md's fields),
+``final/`` (consolidated weights + config, read by ``python -m moviegen.sample``).
+
+The step keeps no host synchronisation: losses and norms stay on the device and are
+read only every ``train.log_every`` steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+
+import torch
+
+from moviegen.config import ConfigError, JobConfig, load_config, parse_cli
+from moviegen.export import export_inference
+from moviegen.flow import flow_matching_loss, interpolate, sample_t, target_velocity
+from moviegen.flops import device_peak_tflops, flops_per_sample
+from moviegen.latent_synthetic import SyntheticLatentDataset, SyntheticLatentLoader
+from moviegen.metrics import MetricsWriter, ProgressBar, max_memory_gb
+from moviegen.model import (MovieGenTransformer, adapt_stage_state_dict, build_model,
+                            resolve_model_args)
+from moviegen.text_encoders import TextEncoders, drop_captions
+
+logger = logging.getLogger("moviegen.train")
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device: cuda requested but no CUDA device is visible")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def autocast_context(cfg: JobConfig, device: torch.device):
+    mode = cfg.train.mixed_precision
+    if mode == "bf16" or (mode == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_lambda(cfg: JobConfig):
+    t = cfg.train
+
+    def fn(step: int) -> float:
+        if t.warmup_steps > 0 and step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.lr_schedule == "constant":
+            return 1.0
+        span = max(t.steps - t.warmup_steps, 1)
+        progress = min(max(step - t.warmup_steps, 0) / span, 1.0)
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def build_optimizer(model: torch.nn.Module, cfg: JobConfig, device: torch.device):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # norms, position tables and modulation tables are not decayed
+        (no_decay if p.ndim < 2 or "pos_embed" in name or "modulation" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = dict(lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    opt = torch.optim.AdamW(groups, **kwargs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    return opt, sched
+
+
+def build_data(cfg: JobConfig, dp_rank: int, dp_size: int, split: str):
+    d = cfg.data
+    if d.kind == "synthetic_latents":
+        shape = (cfg.model.in_channels, d.latent_frames, d.latent_height, d.latent_width)
+        n = d.num_train if split == "train" else d.num_val
+        seed = cfg.train.seed if split == "train" else cfg.train.seed + 7919
+        ds = SyntheticLatentDataset(n, shape, seed=seed, fps=d.fps)
+        bs = d.batch_size if split == "train" else min(d.batch_size, n)
+        return SyntheticLatentLoader(ds, bs, dp_rank, dp_size, seed=seed,
+                                     shuffle=(split == "train"))
+    raise ConfigError(f"data.kind: '{d.kind}' is not a known data source")
+
+
+class Trainer:
+    """Holds the model, optimiser and data of one run; ``fit()`` runs it to train.steps."""
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+        self.device = pick_device(cfg.train.device)
+        self.rank, self.world_size = 0, 1
+        self.dp_rank, self.dp_size = 0, 1
+        torch.manual_seed(cfg.train.seed)
+
+        self.text_encoders = TextEncoders(cfg.text).to(self.device)
+        self.model_args = resolve_model_args(cfg.model, self.text_encoders.out_dims)
+        self.model: MovieGenTransformer = build_model(self.model_args, self.device)
+        self.model.set_kernel_backend(cfg.model.kernels, self.device)
+        if cfg.train.init_from:
+            self._init_from(cfg.train.init_from)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.device)
+        self.train_data = build_data(cfg, self.dp_rank, self.dp_size, "train")
+        self.val_data = build_data(cfg, self.dp_rank, self.dp_size, "val")
+        self.step = 0
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed + 17)
+
+    def _init_from(self, directory: str) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(os.path.join(directory, "model.safetensors"), device=str(self.device))
+        state = adapt_stage_state_dict(state, self.model, self.cfg.train.position_resize)
+        self.model.load_state_dict(state)
+        logger.info("initialised from %s (position tables -> %s)", directory,
+                    (self.model_args.max_t, self.model_args.max_h, self.model_args.max_w))
+
+    # -- one step -----------------------------------------------------------
+    def prepare_batch(self, batch: dict, generator: torch.Generator, drop_text: bool):
+        """Latents, noise, t and text embeddings for one batch (no graph, no host sync)."""
+        x1 = batch["latents"].to(self.device, non_blocking=True)
+        embeds, masks = self.text_encoders.encode(batch["captions"])
+        if drop_text:
+            masks = drop_captions(masks, self.cfg.text.caption_dropout, generator)
+        t = sample_t(x1.shape[0], generator=generator).to(self.device)
+        x0 = torch.randn(x1.shape, generator=generator).to(self.device)
+        sigma = self.cfg.flow.sigma_min
+        return interpolate(x0, x1, t, sigma), t, target_velocity(x0, x1, sigma), embeds, masks
+
+    def forward_loss(self, x_t, t, target, embeds, masks):
+        with autocast_context(self.cfg, self.device):
+            pred = self.model(x_t, t, embeds, masks)
+        sum_sq, count = flow_matching_loss(pred, target)
+        return sum_sq / count
+
+    def train_step(self, batch: dict) -> dict:
+        self.model.train()
+        inputs = self.prepare_batch(batch, self.gen, drop_text=True)
+        t0 = time.perf_counter()
+        loss = self.forward_loss(*inputs)
+        loss.backward()
+        t1 = time.perf_counter()
+        clip = self.cfg.train.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                   clip if clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        t2 = time.perf_counter()
+        return {"loss": loss.detach(), "grad_norm": grad_norm.detach(),
+                "fwd_bwd_s": t1 - t0, "optim_s": t2 - t1}
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean velocity MSE over the held-out set, with fixed t and noise every time."""
+        self.model.eval()
+        gen = torch.Generator().manual_seed(self.cfg.train.seed + 4242)
+        data = build_data(self.cfg, self.dp_rank, self.dp_size, "val")
+        total, n = torch.zeros((), device=self.device), 0
+        for _ in range(data.batches_per_epoch):
+            inputs = self.prepare_batch(next(data), gen, drop_text=False)
+            total += self.forward_loss(*inputs)
+            n += 1
+        return (total / max(n, 1)).item()
+
+    # -- loop ---------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        is_main = self.rank == 0
+        writer = MetricsWriter(cfg.output_dir, enabled=is_main)
+        shape = (cfg.data.latent_frames, cfg.data.latent_height, cfg.data.latent_width)
+        grid = self.model.patch_grid((cfg.model.in_channels, *shape))
+        seq_len = math.prod(grid)
+        text_len = sum(e.max_length for e in cfg.text.encoders)
+        flops = flops_per_sample(self.model_args, seq_len, text_len)["total"]
+        peak, peak_name = device_peak_tflops(
+            torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None)
+        if is_main:
+            logger.info("model %s: %.3fM parameters, %d tokens/sample, %.3g FLOPs/sample%s",
+                        cfg.model.name, sum(p.numel() for p in self.model.parameters()) / 1e6,
+                        seq_len, flops, f", MFU against {peak_name}" if peak_name else "")
+        bar = ProgressBar(cfg.train.steps, self.step, enabled=is_main and cfg.train.progress_bar)
+        history = {"val_loss": []}
+        if self.step == 0:
+            v = self.validate()
+            history["val_loss"].append((0, v))
+            writer.write({"step": 0, "val_loss": v})
+        window = {"loss": [], "grad_norm": [], "time": 0.0, "wait": 0.0, "fwd_bwd": 0.0,
+                  "optim": 0.0, "n": 0}
+        while self.step < cfg.train.steps:
+            t_start = time.perf_counter()
+            batch = next(self.train_data)
+            t_data = time.perf_counter()
+            out = self.train_step(batch)
+            self.step += 1
+            window["loss"].append(out["loss"])
+            window["grad_norm"].append(out["grad_norm"])
+            window["wait"] += t_data - t_start
+            window["fwd_bwd"] += out["fwd_bwd_s"]
+            window["optim"] += out["optim_s"]
+            window["time"] += time.perf_counter() - t_start
+            window["n"] += 1
+            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                n = window["n"]
+                loss = torch.stack(window["loss"]).mean().item()  # the one sync per log
+                step_time = window["time"] / n
+                samples_per_s = cfg.data.batch_size * self.dp_size / step_time
+                tflops = flops * samples_per_s / self.world_size / 1e12
+                row = {"step": self.step, "loss": loss,
+                       "lr": self.scheduler.get_last_lr()[0],
+                       "grad_norm": torch.stack(window["grad_norm"]).mean().item(),
+                       "step_time_s": step_time,
+                       "tokens_per_s": seq_len * samples_per_s / self.world_size,
+                       "tflops_per_device": tflops,
+                       "mfu": tflops / peak if peak else None,
+                       "max_mem_gb": max_memory_gb(self.device),
+                       "data_wait_s": window["wait"] / n,
+                       "fwd_bwd_s": window["fwd_bwd"] / n,
+                       "optimizer_s": window["optim"] / n}
+                writer.write(row)
+                bar.update(n, loss=f"{loss:.4f}")
+                window = {k: ([] if isinstance(v, list) else 0.0 if isinstance(v, float) else 0)
+                          for k, v in window.items()}
+            if self.step % cfg.train.val_every == 0 or self.step == cfg.train.steps:
+                v = self.validate()
+                history["val_loss"].append((self.step, v))
+                writer.write({"step": self.step, "val_loss": v})
+                if is_main:
+                    logger.info("step %d: val_loss %.4f", self.step, v)
+        bar.close()
+        writer.close()
+        if is_main:
+            export_inference(os.path.join(cfg.output_dir, "final"), self.model.state_dict(),
+                             cfg, self.text_encoders)
+        return history
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    try:
+        path, overrides = parse_cli(argv, __doc__)
+        cfg = load_config(path, overrides)
+    except ConfigError as e:  # before anything starts
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    trainer = Trainer(cfg)
+    history = trainer.fit()
+    (s0, v0), (s1, v1) = history["val_loss"][0], history["val_loss"][-1]
+    print(f"validation loss: step {s0} {v0:.4f} -> step {s1} {v1:.4f}")
+    return history
+
+
+if __name__ == "__main__":
+    main()
