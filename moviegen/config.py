@@ -306,10 +306,10 @@ def load_config(path: str | None, overrides: list[str] | None = None,
     tree = _deep_merge(tree, parse_overrides(overrides or []))
     try:
         cfg = build_dataclass(cls, tree)
+        if validate and cls is JobConfig:
+            validate_config(cfg)
     except ConfigError as e:
         raise ConfigError(f"{path or '<defaults>'}: {e}") from None
-    if validate and cls is JobConfig:
-        validate_config(cfg)
     return cfg
 
 

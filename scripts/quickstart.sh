@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up this checkout on a fresh machine, then run the demo or the tests.
+#   bash scripts/quickstart.sh demo    # set-up + the embedded default (tiny CPU demo)
+#   bash scripts/quickstart.sh test    # set-up + the whole test suite (what CI runs)
+# Extra arguments are passed on (to the demo, or to pytest).
+#
+# torch: installed as torch==2.13.0 only when no torch is importable. An existing torch
+# (a cluster container's CUDA build) is left alone, and an unpinned torch is never
+# requested: on a CPU machine that would pull several GB of CUDA wheels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+what="${1:-}"
+shift || true
+case "$what" in demo|test) ;; *) echo "usage: bash scripts/quickstart.sh demo|test [args...]" >&2; exit 2;; esac
+
+pip_install() { "$PY" -m pip install --disable-pip-version-check --no-input --quiet "$@"; }
+
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  echo "[setup] no torch found: installing torch==2.13.0"
+  pip_install "torch==2.13.0"
+fi
+echo "[setup] installing moviegen with the data and dev extras"
+pip_install -e ".[data,dev]"
+"$PY" - <<'PYEOF'
+import torch
+print(f"[setup] torch {torch.__version__}, cuda available: {torch.cuda.is_available()}")
+PYEOF
+
+if [ "$what" = demo ]; then
+  exec "$PY" -m moviegen.demo "$@"
+else
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+  exec "$PY" -m pytest -q "$@"
+fi
