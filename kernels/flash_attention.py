@@ -16,8 +16,9 @@ Kernels (one program = one block of rows of one (b, h)):
 No atomics: every gradient element is written by exactly one program (deterministic,
 and safe to autotune).
 
-A query whose keys are all masked gets O = 0 and LSE = -inf; its backward uses P = 0, so
-all its gradients are exactly zero (no NaN), like ``attention_reference``.
+A query whose keys are all masked gets O = 0 and LSE = -inf; its backward selects P = 0
+through the key mask, so all its gradients are exactly zero (no NaN), like
+``attention_reference``.
 
 Block sizes are autotuned per (S, L, E) on the GPU; under TRITON_INTERPRET=1 one small
 config is used. TMA descriptors / warp specialisation are not used yet: the kernels use
@@ -174,9 +175,10 @@ def _attn_bwd_preprocess_kernel(Out, DO, DLse, Delta,
 
 @triton.jit
 def _load_lse_log2(Lse, row, mask_m):
-    """LSE in log2 units; a row with no real key (-inf) becomes +inf so that P = 0."""
-    lse = tl.load(Lse + row, mask=mask_m, other=float("inf")) * 1.4426950408889634
-    return tl.where(lse == float("-inf"), float("inf"), lse)
+    """LSE in log2 units. A row with no real key has -inf, so exp2(qk - lse) = inf there,
+    but such a row only exists when every key of its sample is masked, and the key mask
+    then selects P = 0 for all of them (tl.where, never a multiply: no NaN)."""
+    return tl.load(Lse + row, mask=mask_m, other=float("inf")) * 1.4426950408889634
 
 
 @triton.autotune(configs=_configs("dkdv"), key=_TUNE_KEY)
