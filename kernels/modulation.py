@@ -71,17 +71,20 @@ def _modulated_rms_norm_fwd_kernel(
 def _modulated_rms_norm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, scale_ptr, rstd_ptr, dx_ptr,
     d_res_ptr, gate_ptr, h_ptr, dh_ptr,  # residual terms (used only when FUSED_RESIDUAL)
-    d_scale_part_ptr, d_shift_part_ptr, d_w_part_ptr, d_gate_part_ptr,
+    dyn_part_ptr, dy_part_ptr, d_gate_part_ptr,
     S, D, rows_per_program,
     FUSED_RESIDUAL: tl.constexpr, HAS_D_RES: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program: a fixed range of rows of one sample; per-program partial reductions.
 
-    n = x * rstd, y = n * w * (1 + scale) + shift:
-      d_shift = sum_s dy            d_scale = sum_s dy * n * w
-      dn_w = dy * (1 + scale)       d_w = sum_{b,s} dn_w * n      dn = dn_w * w
-      dx = rstd * (dn - n * mean(dn * n))
+    n = x * rstd (unweighted), y = n * w * (1 + scale) + shift:
+      d_shift[b] = sum_s dy
+      A[b] = sum_s dy * n   gives  d_scale[b] = A[b] * w  and  d_w = sum_b A[b] * (1 + scale[b])
+      dn = dy * w * (1 + scale),  dx = rstd * (dn - n * mean(dn * n))
+    so two row-long accumulators (A, d_shift) serve all three parameter gradients; the
+    [B, D] epilogue runs in torch. Few live row vectors matter: a D = 6144 row is padded
+    to 8192 lanes and every vector held across the loop costs registers.
     Fused residual (x is x_new = x_old + gate * h): g = dx + d_res flows to x_old,
       dh = g * gate, d_gate = sum_s g * h.
     """
@@ -91,14 +94,13 @@ def _modulated_rms_norm_bwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
 
-    scale = tl.load(scale_ptr + b * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    coef = 1.0 + tl.load(scale_ptr + b * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_WEIGHT:
-        w = tl.load(w_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        coef = coef * tl.load(w_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if FUSED_RESIDUAL:
         gate = tl.load(gate_ptr + b * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    acc_scale = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    acc_shift = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    acc_w = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    acc_dyn = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    acc_dy = tl.zeros((BLOCK_D,), dtype=tl.float32)
     acc_gate = tl.zeros((BLOCK_D,), dtype=tl.float32)
 
     s_start = pid * rows_per_program
@@ -113,15 +115,9 @@ def _modulated_rms_norm_bwd_kernel(
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         rstd = tl.load(rstd_ptr + rows, mask=mask_s, other=0.0)
         n = x * rstd[:, None]
-
-        acc_shift += tl.sum(dy, axis=0)
-        dn = dy * (1.0 + scale[None, :])
-        if HAS_WEIGHT:
-            acc_scale += tl.sum(dy * n * w[None, :], axis=0)
-            acc_w += tl.sum(dn * n, axis=0)
-            dn = dn * w[None, :]
-        else:
-            acc_scale += tl.sum(dy * n, axis=0)
+        acc_dy += tl.sum(dy, axis=0)
+        acc_dyn += tl.sum(dy * n, axis=0)
+        dn = dy * coef[None, :]
         c = tl.sum(dn * n, axis=1) / D
         dx = (dn - n * c[:, None]) * rstd[:, None]
 
@@ -134,10 +130,8 @@ def _modulated_rms_norm_bwd_kernel(
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
     part = (b * num_programs + pid) * D + offs_d
-    tl.store(d_scale_part_ptr + part, acc_scale, mask=mask_d)
-    tl.store(d_shift_part_ptr + part, acc_shift, mask=mask_d)
-    if HAS_WEIGHT:
-        tl.store(d_w_part_ptr + part, acc_w, mask=mask_d)
+    tl.store(dyn_part_ptr + part, acc_dyn, mask=mask_d)
+    tl.store(dy_part_ptr + part, acc_dy, mask=mask_d)
     if FUSED_RESIDUAL:
         tl.store(d_gate_part_ptr + part, acc_gate, mask=mask_d)
 
@@ -190,6 +184,12 @@ def _row_tiling(D: int) -> tuple[int, int, int]:
     block_d = next_power_of_2(D)
     block_s = max(1, min(16, 4096 // block_d))
     return block_s, block_d, num_warps_for(block_s * block_d)
+
+
+def _backward_warps(tile_elements: int, forward_warps: int) -> int:
+    """The backward holds ~8 row vectors live across its loop: give a long row more threads
+    (8192 lanes over 16 warps = 16 fp32 registers per vector per thread)."""
+    return max(forward_warps, min(16, tile_elements // 512))
 
 
 def _reduction_split(S: int, B: int, block_s: int, device: torch.device) -> tuple[int, int]:
@@ -261,25 +261,23 @@ def modulated_rms_norm_bwd(dy, x_BSD, weight_D, scale_BD, rstd_BS, d_res=None, g
     dx = torch.empty(x_BSD.shape, device=x_BSD.device, dtype=x_BSD.dtype)
     dh = torch.empty_like(h_BSD, memory_format=torch.contiguous_format) if fused else None
     block_s, block_d, num_warps = _row_tiling(D)
+    num_warps = _backward_warps(block_s * block_d, num_warps)
     per_sample, rows = _reduction_split(S, B, block_s, x_BSD.device)
-    part = lambda: torch.empty((B, per_sample, D), device=x_BSD.device, dtype=torch.float32)  # noqa: E731
-    d_scale_p, d_shift_p = part(), part()
-    d_w_p = part() if weight_D is not None else None
+    part = lambda: torch.zeros((B, per_sample, D), device=x_BSD.device, dtype=torch.float32)  # noqa: E731
+    dyn_p, dy_p = part(), part()
     d_gate_p = part() if fused else None
     if S > 0:
         _modulated_rms_norm_bwd_kernel[(per_sample, B)](
             dy, x_BSD, weight_D, scale_BD, rstd_BS, dx,
             d_res.contiguous() if d_res is not None else None, gate_BD, h_BSD, dh,
-            d_scale_p, d_shift_p, d_w_p, d_gate_p, S, D, rows,
+            dyn_p, dy_p, d_gate_p, S, D, rows,
             FUSED_RESIDUAL=fused, HAS_D_RES=d_res is not None, HAS_WEIGHT=weight_D is not None,
             BLOCK_S=block_s, BLOCK_D=block_d, num_warps=num_warps)
-    else:
-        for p in (d_scale_p, d_shift_p, d_w_p, d_gate_p):
-            if p is not None:
-                p.zero_()
-    d_w = d_w_p.sum((0, 1)) if d_w_p is not None else None
+    dyn_BD = dyn_p.sum(1)  # sum_s dy * rstd * x
+    d_scale = dyn_BD * weight_D.float() if weight_D is not None else dyn_BD
+    d_w = (dyn_BD * (1.0 + scale_BD.float())).sum(0) if weight_D is not None else None
     d_gate = d_gate_p.sum(1) if fused else None
-    return dx, d_w, d_scale_p.sum(1), d_shift_p.sum(1), dh, d_gate
+    return dx, d_w, d_scale, dy_p.sum(1), dh, d_gate
 
 
 def gated_residual_fwd(x_BSD, gate_BD, h_BSD):
@@ -300,6 +298,7 @@ def gated_residual_bwd(d_out, gate_BD, h_BSD):
     B, S, D = h_BSD.shape
     dh = torch.empty(h_BSD.shape, device=h_BSD.device, dtype=h_BSD.dtype)
     block_s, block_d, num_warps = _row_tiling(D)
+    num_warps = _backward_warps(block_s * block_d, num_warps)
     per_sample, rows = _reduction_split(S, B, block_s, h_BSD.device)
     d_gate_p = torch.zeros((B, per_sample, D), device=h_BSD.device, dtype=torch.float32)
     if S > 0:
