@@ -21,8 +21,11 @@ through the key mask, so all its gradients are exactly zero (no NaN), like
 ``attention_reference``.
 
 Block sizes are autotuned per (S, L, E) on the GPU; under TRITON_INTERPRET=1 one small
-config is used. TMA descriptors / warp specialisation are not used yet: the kernels use
-plain pointer loads that Triton 3.x software-pipelines (num_stages) on Hopper.
+config is used. On sm90+ (Hopper) the forward loads Q/K/V through TMA tensor descriptors
+(``_attn_fwd_tma_kernel``; MOVIEGEN_ATTN_TMA=0 turns it off, =1 forces it, e.g. in the
+interpreter); if that kernel fails to build it falls back, with a warning, to the plain
+pointer kernel, which Triton software-pipelines (num_stages). MOVIEGEN_ATTN_WS=1 adds
+warp-specialised configs to its autotuning. The backward kernels use pointer loads.
 
 Layering (style.md item 8): kernels -> launchers -> autograd.Function -> functional API
 and the ``FlashAttention`` module.
@@ -30,6 +33,8 @@ and the ``FlashAttention`` module.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 
 import torch
 import triton
@@ -44,13 +49,24 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
 def _configs(kind: str) -> list[triton.Config]:
     if interpreting():
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+        extra = {"WARP_SPECIALIZE": False} if kind == "fwd_tma" else {}
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, **extra}, num_warps=1, num_stages=1)]
     if kind == "fwd":  # BLOCK_M queries per program, BLOCK_N keys per step
         shapes = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 64, 8, 4),
                   (64, 128, 4, 3), (64, 64, 4, 4), (128, 32, 4, 4)]
     elif kind == "dkdv":  # BLOCK_N keys per program, BLOCK_M queries per step
         shapes = [(32, 128, 4, 3), (64, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3),
                   (64, 64, 4, 3), (16, 128, 4, 4)]
+    elif kind == "fwd_tma":
+        shapes = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3),
+                  (64, 128, 4, 3)]
+        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "WARP_SPECIALIZE": False},
+                                 num_warps=w, num_stages=s) for m, n, w, s in shapes]
+        if os.environ.get("MOVIEGEN_ATTN_WS", "0") == "1":  # opt-in: warp-specialised loop
+            configs += [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "WARP_SPECIALIZE": True},
+                                      num_warps=4, num_stages=s)
+                        for m, n, s in [(128, 128, 2), (128, 64, 3)]]
+        return configs
     else:  # dq: BLOCK_M queries per program, BLOCK_N keys per step
         shapes = [(128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3),
                   (64, 32, 4, 4), (128, 128, 8, 2)]
@@ -145,6 +161,90 @@ def _attn_fwd_kernel(
     tl.store(Out + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_os + offs_e[None, :],
              out.to(Out.dtype.element_ty), mask=mask_m[:, None])
     tl.store(Lse + bh.to(tl.int64) * S_Q + offs_m, lse, mask=mask_m)
+
+
+# Hopper variant of the forward: Q/K/V/O through 4-D tensor descriptors (TMA on sm90+;
+# rows past S/L are zero-filled on load and clipped on store), optionally a
+# warp-specialised main loop. Same math as _attn_fwd_kernel.
+
+@triton.jit
+def _attn_fwd_inner_tma(acc, l_i, m_i, q, desc_k, desc_v, b, h, mask_base,
+                        start, end, S_K, qk_scale,
+                        HAS_MASK: tl.constexpr, CHECK_BOUNDS: tl.constexpr,
+                        BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                        INPUT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+    for start_n in tl.range(start, end, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = desc_k.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+        if HAS_MASK:
+            if CHECK_BOUNDS:
+                valid = tl.load(mask_base + offs_n, mask=offs_n < S_K, other=0) != 0
+            else:
+                valid = tl.load(mask_base + offs_n) != 0
+            qk = tl.where(valid[None, :], qk, float("-inf"))
+        elif CHECK_BOUNDS:
+            qk = tl.where((offs_n < S_K)[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = desc_v.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.autotune(configs=_configs("fwd_tma"), key=_TUNE_KEY)
+@triton.jit
+def _attn_fwd_tma_kernel(
+    Q, K, V, Mask, Out, Lse, qk_scale,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_os,
+    B, H, S_Q, S_K,
+    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    desc_q = tl.make_tensor_descriptor(Q, shape=[B, H, S_Q, HEAD_DIM],
+                                       strides=[stride_qb, stride_qh, stride_qs, 1],
+                                       block_shape=[1, 1, BLOCK_M, HEAD_DIM])
+    desc_k = tl.make_tensor_descriptor(K, shape=[B, H, S_K, HEAD_DIM],
+                                       strides=[stride_kb, stride_kh, stride_kn, 1],
+                                       block_shape=[1, 1, BLOCK_N, HEAD_DIM])
+    desc_v = tl.make_tensor_descriptor(V, shape=[B, H, S_K, HEAD_DIM],
+                                       strides=[stride_vb, stride_vh, stride_vn, 1],
+                                       block_shape=[1, 1, BLOCK_N, HEAD_DIM])
+    desc_o = tl.make_tensor_descriptor(Out, shape=[B, H, S_Q, HEAD_DIM],
+                                       strides=[stride_ob, stride_oh, stride_os, 1],
+                                       block_shape=[1, 1, BLOCK_M, HEAD_DIM])
+    q = desc_q.load([b, h, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+    mask_base = Mask
+    if HAS_MASK:
+        mask_base = Mask + b.to(tl.int64) * S_K
+
+    acc = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    m_i = tl.zeros((BLOCK_M,), dtype=tl.float32) - 1.0e30
+    full_end = (S_K // BLOCK_N) * BLOCK_N
+    acc, l_i, m_i = _attn_fwd_inner_tma(acc, l_i, m_i, q, desc_k, desc_v, b, h, mask_base,
+                                        0, full_end, S_K, qk_scale, HAS_MASK, False, BLOCK_N,
+                                        HEAD_DIM, INPUT_PRECISION, WARP_SPECIALIZE)
+    acc, l_i, m_i = _attn_fwd_inner_tma(acc, l_i, m_i, q, desc_k, desc_v, b, h, mask_base,
+                                        full_end, S_K, S_K, qk_scale, HAS_MASK, True, BLOCK_N,
+                                        HEAD_DIM, INPUT_PRECISION, False)
+
+    has_key = l_i > 0.0
+    out = acc / tl.where(has_key, l_i, 1.0)[:, None]
+    lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453,
+                   float("-inf"))
+    desc_o.store([b, h, start_m, 0], out.to(Out.dtype.element_ty).reshape(1, 1, BLOCK_M, HEAD_DIM))
+    tl.store(Lse + bh.to(tl.int64) * S_Q + offs_m, lse, mask=offs_m < S_Q)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -315,6 +415,40 @@ def check_attention_inputs(q_BHSE, k_BHLE, v_BHLE, key_padding_mask_BL=None) -> 
     check_device(q_BHSE)
 
 
+_TMA_BROKEN = False
+_TMA_ALLOCATOR_SET = False
+
+
+def _use_tma(*tensors: torch.Tensor) -> bool:
+    """TMA forward: MOVIEGEN_ATTN_TMA=1 forces it (also in the interpreter, for tests), =0
+    disables it; by default it runs on sm90+ when this Triton has device-side tensor
+    descriptors. TMA needs 16-byte aligned base addresses and strides."""
+    setting = os.environ.get("MOVIEGEN_ATTN_TMA", "auto")
+    if setting == "0" or _TMA_BROKEN or not hasattr(tl, "make_tensor_descriptor"):
+        return False
+    if setting != "1":
+        if interpreting() or tensors[0].device.type != "cuda":
+            return False
+        if torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+            return False
+    for t in tensors:
+        size = t.element_size()
+        if t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
+def _ensure_tma_allocator() -> None:
+    """Device-side descriptors need a scratch allocator (a few bytes per program)."""
+    global _TMA_ALLOCATOR_SET
+    if not _TMA_ALLOCATOR_SET:
+        def alloc(size: int, alignment: int, stream):
+            device = "cpu" if interpreting() else "cuda"
+            return torch.empty(size, device=device, dtype=torch.int8)
+        triton.set_allocator(alloc)
+        _TMA_ALLOCATOR_SET = True
+
+
 def flash_attention_fwd(q, k, v, key_padding_mask=None, softmax_scale=None):
     """Returns (out_BHSE, lse_BHS fp32, natural log)."""
     check_attention_inputs(q, k, v, key_padding_mask)
@@ -328,11 +462,21 @@ def flash_attention_fwd(q, k, v, key_padding_mask=None, softmax_scale=None):
         return out, lse.fill_(float("-inf"))
     mask = key_padding_mask.to(torch.int8).contiguous() if key_padding_mask is not None else None
     grid = lambda meta: (triton.cdiv(S, meta["BLOCK_M"]), B * H)  # noqa: E731
-    _attn_fwd_kernel[grid](
-        q, k, v, mask, out, lse, sm_scale * LOG2E,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        H, S, L, HEAD_DIM=E, HAS_MASK=mask is not None, INPUT_PRECISION=_precision(q.dtype))
+    args = (q, k, v, mask, out, lse, sm_scale * LOG2E,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2))
+    flags = dict(HEAD_DIM=E, HAS_MASK=mask is not None, INPUT_PRECISION=_precision(q.dtype))
+    if _use_tma(q, k, v, out):
+        try:
+            _ensure_tma_allocator()
+            _attn_fwd_tma_kernel[grid](*args, B, H, S, L, **flags)
+            return out, lse
+        except Exception as e:  # an unsupported Triton/driver: fall back for good, loudly
+            global _TMA_BROKEN
+            _TMA_BROKEN = True
+            warnings.warn(f"flash_attention: TMA forward failed ({type(e).__name__}: {e}); "
+                          "using the pointer kernel from now on")
+    _attn_fwd_kernel[grid](*args, H, S, L, **flags)
     return out, lse
 
 

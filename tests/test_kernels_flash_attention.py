@@ -12,6 +12,7 @@ import torch  # noqa: E402
 pytest.importorskip("triton", reason="triton is not installed; the torch path is tested elsewhere")
 
 from kernels import reference  # noqa: E402
+import kernels.flash_attention as fa  # noqa: E402
 from kernels.flash_attention import FlashAttention, flash_attention  # noqa: E402
 
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=3e-3, rtol=3e-3)}
@@ -32,6 +33,15 @@ def _mask(B, L, seed, fully_masked_sample=None):
     return mask
 
 
+@pytest.fixture(params=["pointer", "tma"])
+def forward_kernel(request, monkeypatch):
+    """Run the forward through the pointer kernel and through the tensor-descriptor (TMA)
+    kernel that Hopper uses; the latter must not have fallen back."""
+    monkeypatch.setenv("MOVIEGEN_ATTN_TMA", "1" if request.param == "tma" else "0")
+    yield request.param
+    assert not fa._TMA_BROKEN, "the TMA forward raised and fell back to the pointer kernel"
+
+
 def _lse_reference(q, k, mask):
     """log-sum-exp over real keys (-inf for a query without one), float64."""
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
@@ -41,6 +51,8 @@ def _lse_reference(q, k, mask):
 
 
 def _check(q, k, v, mask, dtype, check_lse=True):
+    if os.environ.get("MOVIEGEN_ATTN_TMA") == "1":
+        assert fa._use_tma(q, k, v), "the TMA forward would not be used for these inputs"
     out, lse = flash_attention(q, k, v, mask, return_lse=True)
     d_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, [q, k, v], d_out)
@@ -66,12 +78,12 @@ SHAPES = [(2, 2, 33, 40, 32), (1, 2, 1, 19, 16), (2, 1, 24, 1, 16), (1, 1, 20, 4
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-H{}-S{}-L{}-E{}".format(*s))
-def test_matches_reference(shape, dtype):
+def test_matches_reference(shape, dtype, forward_kernel):
     _check(*_qkv(*shape, dtype, seed=sum(shape)), None, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_key_padding_mask_with_fully_masked_sample(dtype):
+def test_key_padding_mask_with_fully_masked_sample(dtype, forward_kernel):
     """Sample 1 has no real key: zeros out, -inf lse, zero (not NaN) gradients."""
     B, H, S, L, E = 3, 2, 17, 37, 32
     q, k, v = _qkv(B, H, S, L, E, dtype, seed=7)
@@ -100,7 +112,7 @@ def test_lse_gradient():
         torch.testing.assert_close(g.double(), g_ref, **TOL[torch.float32], msg=lambda m: f"{name}: {m}")
 
 
-def test_strided_inputs_from_bshe_layout():
+def test_strided_inputs_from_bshe_layout(forward_kernel):
     """q/k/v as transposed views of [B, S, H, E] projections (the model's natural layout)."""
     B, S, H, E = 2, 21, 3, 16
     g = torch.Generator().manual_seed(9)
