@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import check_device, check_same_device, interpreting
+from ._utils import check_device, check_same_device, interpreting, next_power_of_2
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -74,7 +74,9 @@ def _configs(kind: str) -> list[triton.Config]:
             for m, n, w, s in shapes]
 
 
-_TUNE_KEY = ["S_Q", "S_K", "HEAD_DIM", "HAS_MASK"]
+# Tune per power-of-two bucket of the lengths, not per exact length: text lengths and
+# aspect-ratio buckets vary, and every new key would re-run the autotuning.
+_TUNE_KEY = ["TUNE_S_Q", "TUNE_S_K", "HEAD_DIM", "HAS_MASK"]
 
 
 # ----------------------------------------------------------------------------- forward
@@ -121,7 +123,7 @@ def _attn_fwd_kernel(
     Q, K, V, Mask, Out, Lse, qk_scale,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_os,
-    H, S_Q, S_K,
+    H, S_Q, S_K, TUNE_S_Q, TUNE_S_K,
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -201,7 +203,7 @@ def _attn_fwd_tma_kernel(
     Q, K, V, Mask, Out, Lse, qk_scale,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_os,
-    B, H, S_Q, S_K,
+    B, H, S_Q, S_K, TUNE_S_Q, TUNE_S_K,
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):
@@ -288,7 +290,7 @@ def _attn_bwd_dkdv_kernel(
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_ds,
     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
-    H, S_Q, S_K,
+    H, S_Q, S_K, TUNE_S_Q, TUNE_S_K,
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -340,7 +342,7 @@ def _attn_bwd_dq_kernel(
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_ds,
     stride_dqb, stride_dqh, stride_dqs,
-    H, S_Q, S_K,
+    H, S_Q, S_K, TUNE_S_Q, TUNE_S_K,
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -381,6 +383,10 @@ def _attn_bwd_dq_kernel(
 
 
 # ----------------------------------------------------------------------------- launchers
+
+def _tune_lengths(S: int, L: int) -> tuple[int, int]:
+    return next_power_of_2(S), next_power_of_2(L)
+
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -469,14 +475,14 @@ def flash_attention_fwd(q, k, v, key_padding_mask=None, softmax_scale=None):
     if _use_tma(q, k, v, out):
         try:
             _ensure_tma_allocator()
-            _attn_fwd_tma_kernel[grid](*args, B, H, S, L, **flags)
+            _attn_fwd_tma_kernel[grid](*args, B, H, S, L, *_tune_lengths(S, L), **flags)
             return out, lse
         except Exception as e:  # an unsupported Triton/driver: fall back for good, loudly
             global _TMA_BROKEN
             _TMA_BROKEN = True
             warnings.warn(f"flash_attention: TMA forward failed ({type(e).__name__}: {e}); "
                           "using the pointer kernel from now on")
-    _attn_fwd_kernel[grid](*args, H, S, L, **flags)
+    _attn_fwd_kernel[grid](*args, H, S, L, *_tune_lengths(S, L), **flags)
     return out, lse
 
 
@@ -505,10 +511,10 @@ def flash_attention_bwd(do, q, k, v, out, lse, key_padding_mask=None, softmax_sc
     _attn_bwd_dkdv_kernel[lambda meta: (triton.cdiv(L, meta["BLOCK_N"]), B * H)](
         q, k, v, mask, do, lse, delta, dk, dv, sm_scale * LOG2E, sm_scale, *strides,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        H, S, L, **common)
+        H, S, L, *_tune_lengths(S, L), **common)
     _attn_bwd_dq_kernel[lambda meta: (triton.cdiv(S, meta["BLOCK_M"]), B * H)](
         q, k, v, mask, do, lse, delta, dq, sm_scale * LOG2E, sm_scale, *strides,
-        dq.stride(0), dq.stride(1), dq.stride(2), H, S, L, **common)
+        dq.stride(0), dq.stride(1), dq.stride(2), H, S, L, *_tune_lengths(S, L), **common)
     return dq, dk, dv
 
 
