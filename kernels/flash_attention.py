@@ -27,14 +27,16 @@ interpreter); if that kernel fails to build it falls back, with a warning, to th
 pointer kernel, which Triton software-pipelines (num_stages). MOVIEGEN_ATTN_WS=1 adds
 warp-specialised configs to its autotuning. The backward kernels use pointer loads.
 
-Layering (style.md item 8): kernels -> launchers -> autograd.Function -> functional API
-and the ``FlashAttention`` module.
+Layering (style.md item 8): kernels -> launchers (registered as torch.library custom ops,
+opaque to torch.compile) -> autograd.Function -> functional API and the ``FlashAttention``
+module.
 """
 from __future__ import annotations
 
 import math
 import os
 import warnings
+from typing import Optional
 
 import torch
 import triton
@@ -520,10 +522,38 @@ def flash_attention_bwd(do, q, k, v, out, lse, key_padding_mask=None, softmax_sc
 
 # ----------------------------------------------------------------------------- autograd
 
+# torch.library custom ops (opaque nodes with fake implementations for torch.compile)
+
+@torch.library.custom_op("moviegen_kernels::flash_attention_fwd", mutates_args=())
+def _flash_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            key_padding_mask: Optional[torch.Tensor],
+                            softmax_scale: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    return flash_attention_fwd(q, k, v, key_padding_mask, softmax_scale)
+
+
+@_flash_attention_fwd_op.register_fake
+def _(q, k, v, key_padding_mask, softmax_scale):
+    B, H, S, E = q.shape
+    return q.new_empty((B, H, S, E)), q.new_empty((B, H, S), dtype=torch.float32)
+
+
+@torch.library.custom_op("moviegen_kernels::flash_attention_bwd", mutates_args=())
+def _flash_attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            out: torch.Tensor, lse: torch.Tensor,
+                            key_padding_mask: Optional[torch.Tensor], softmax_scale: Optional[float],
+                            dlse: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return flash_attention_bwd(do, q, k, v, out, lse, key_padding_mask, softmax_scale, dlse)
+
+
+@_flash_attention_bwd_op.register_fake
+def _(do, q, k, v, out, lse, key_padding_mask, softmax_scale, dlse):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
 class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_padding_mask, softmax_scale):
-        out, lse = flash_attention_fwd(q, k, v, key_padding_mask, softmax_scale)
+        out, lse = _flash_attention_fwd_op(q, k, v, key_padding_mask, softmax_scale)
         ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
         ctx.softmax_scale = softmax_scale
         ctx.set_materialize_grads(False)
@@ -534,7 +564,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         q, k, v, out, lse, mask = ctx.saved_tensors
         if do is None:
             do = torch.zeros_like(out)
-        dq, dk, dv = flash_attention_bwd(do, q, k, v, out, lse, mask, ctx.softmax_scale, dlse)
+        dq, dk, dv = _flash_attention_bwd_op(do, q, k, v, out, lse, mask, ctx.softmax_scale, dlse)
         return dq, dk, dv, None, None
 
 

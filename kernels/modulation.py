@@ -8,7 +8,8 @@ Shapes (legend): B batch, S tokens (a sequence shard is fine: these ops are per 
 D model width. x_BSD, h_BSD are [B, S, D]; gate_BD, scale_BD, shift_BD are one vector per
 sample, broadcast over the S tokens; weight_D is the norm weight or None.
 
-Layering (style.md item 8): ``@triton.jit`` kernels -> launchers (checks, grid, launch)
+Layering (style.md item 8): ``@triton.jit`` kernels -> launchers (checks, grid, launch),
+registered as ``torch.library`` custom ops so torch.compile treats them as opaque nodes
 -> ``torch.autograd.Function`` -> functional API / ``ModulatedRMSNorm`` module.
 
 Numerics: every kernel loads in the storage dtype and computes in fp32. Output dtypes
@@ -18,6 +19,8 @@ each program accumulates a fixed range of rows in registers and writes one parti
 program; the partials are summed with torch afterwards (no atomics).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import triton
@@ -308,32 +311,97 @@ def gated_residual_bwd(d_out, gate_BD, h_BSD):
     return dh, d_gate_p.sum(1)
 
 
+# ----------------------------------------------------------------------------- torch ops
+# The launchers registered as torch.library custom ops: torch.compile (Dynamo/AOTAutograd)
+# sees each launch as one opaque node with a fake (shape/dtype) implementation, so a
+# compiled block keeps a full graph around the kernels instead of breaking at them.
+# Custom ops cannot return None: absent outputs are empty placeholders.
+
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(0)
+
+
+@torch.library.custom_op("moviegen_kernels::modulated_rms_norm_fwd", mutates_args=())
+def _modulated_rms_norm_fwd_op(x: torch.Tensor, weight: Optional[torch.Tensor], scale: torch.Tensor,
+                               shift: torch.Tensor, eps: float, gate: Optional[torch.Tensor],
+                               h: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    y, rstd, x_new = modulated_rms_norm_fwd(x, weight, scale, shift, eps, gate, h)
+    return y, rstd, x_new if x_new is not None else _empty(x)
+
+
+@_modulated_rms_norm_fwd_op.register_fake
+def _(x, weight, scale, shift, eps, gate, h):
+    x_dtype = x.dtype
+    if gate is not None:
+        x_dtype = torch.promote_types(torch.promote_types(x.dtype, gate.dtype), h.dtype)
+    y_dtype = torch.promote_types(torch.promote_types(x_dtype, scale.dtype), shift.dtype)
+    x_new = x.new_empty(x.shape, dtype=x_dtype) if gate is not None else _empty(x)
+    return (x.new_empty(x.shape, dtype=y_dtype), x.new_empty(x.shape[:2], dtype=torch.float32), x_new)
+
+
+@torch.library.custom_op("moviegen_kernels::modulated_rms_norm_bwd", mutates_args=())
+def _modulated_rms_norm_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
+                               scale: torch.Tensor, rstd: torch.Tensor, d_res: Optional[torch.Tensor],
+                               gate: Optional[torch.Tensor], h: Optional[torch.Tensor]
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                          torch.Tensor, torch.Tensor]:
+    outs = modulated_rms_norm_bwd(dy, x, weight, scale, rstd, d_res, gate, h)
+    return tuple(o if o is not None else _empty(x) for o in outs)
+
+
+@_modulated_rms_norm_bwd_op.register_fake
+def _(dy, x, weight, scale, rstd, d_res, gate, h):
+    B, S, D = x.shape
+    f32 = lambda *shape: x.new_empty(shape, dtype=torch.float32)  # noqa: E731
+    return (x.new_empty(x.shape), f32(D) if weight is not None else _empty(x), f32(B, D), f32(B, D),
+            h.new_empty(h.shape) if gate is not None else _empty(x),
+            f32(B, D) if gate is not None else _empty(x))
+
+
+@torch.library.custom_op("moviegen_kernels::gated_residual_fwd", mutates_args=())
+def _gated_residual_fwd_op(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    return gated_residual_fwd(x, gate, h)
+
+
+@_gated_residual_fwd_op.register_fake
+def _(x, gate, h):
+    return x.new_empty(x.shape, dtype=torch.promote_types(torch.promote_types(x.dtype, gate.dtype), h.dtype))
+
+
+@torch.library.custom_op("moviegen_kernels::gated_residual_bwd", mutates_args=())
+def _gated_residual_bwd_op(d_out: torch.Tensor, gate: torch.Tensor,
+                           h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return gated_residual_bwd(d_out, gate, h)
+
+
+@_gated_residual_bwd_op.register_fake
+def _(d_out, gate, h):
+    return h.new_empty(h.shape), h.new_empty((h.shape[0], h.shape[2]), dtype=torch.float32)
+
+
 # ----------------------------------------------------------------------------- autograd
-
-def _cast(grad, like):
-    return None if grad is None else grad.to(like.dtype)
-
 
 class ModulatedRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_BSD, weight_D, scale_BD, shift_BD, eps):
-        y, rstd, _ = modulated_rms_norm_fwd(x_BSD, weight_D, scale_BD, shift_BD, eps)
+        y, rstd, _ = _modulated_rms_norm_fwd_op(x_BSD, weight_D, scale_BD, shift_BD, eps, None, None)
         ctx.save_for_backward(x_BSD.contiguous(), weight_D, scale_BD.contiguous(), rstd)
-        ctx.dtypes = (x_BSD.dtype, shift_BD.dtype)
+        ctx.shift_dtype = shift_BD.dtype
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, scale, rstd = ctx.saved_tensors
-        dx, d_w, d_scale, d_shift, _, _ = modulated_rms_norm_bwd(dy, x, weight, scale, rstd)
-        return (dx, _cast(d_w, weight) if ctx.needs_input_grad[1] else None,
-                d_scale.to(scale.dtype), d_shift.to(ctx.dtypes[1]), None)
+        dx, d_w, d_scale, d_shift, _, _ = _modulated_rms_norm_bwd_op(dy, x, weight, scale, rstd,
+                                                                     None, None, None)
+        return (dx, d_w.to(weight.dtype) if weight is not None else None,
+                d_scale.to(scale.dtype), d_shift.to(ctx.shift_dtype), None)
 
 
 class GatedResidualFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_BSD, gate_BD, h_BSD):
-        out = gated_residual_fwd(x_BSD, gate_BD, h_BSD)
+        out = _gated_residual_fwd_op(x_BSD, gate_BD, h_BSD)
         ctx.save_for_backward(gate_BD.contiguous(), h_BSD.contiguous())
         ctx.x_dtype = x_BSD.dtype
         return out
@@ -341,15 +409,15 @@ class GatedResidualFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out):
         gate, h = ctx.saved_tensors
-        dh, d_gate = gated_residual_bwd(d_out, gate, h)
+        dh, d_gate = _gated_residual_bwd_op(d_out, gate, h)
         return d_out.to(ctx.x_dtype), d_gate.to(gate.dtype), dh
 
 
 class GatedResidualModulatedRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_BSD, gate_BD, h_BSD, weight_D, scale_BD, shift_BD, eps):
-        y, rstd, x_new = modulated_rms_norm_fwd(x_BSD, weight_D, scale_BD, shift_BD, eps,
-                                                gate_BD=gate_BD, h_BSD=h_BSD)
+        y, rstd, x_new = _modulated_rms_norm_fwd_op(x_BSD, weight_D, scale_BD, shift_BD, eps,
+                                                    gate_BD, h_BSD)
         ctx.save_for_backward(x_new, gate_BD.contiguous(), h_BSD.contiguous(), weight_D,
                               scale_BD.contiguous(), rstd)
         ctx.dtypes = (x_BSD.dtype, shift_BD.dtype)
@@ -359,14 +427,15 @@ class GatedResidualModulatedRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_x_new, dy):
         x_new, gate, h, weight, scale, rstd = ctx.saved_tensors
+        x_dtype, shift_dtype = ctx.dtypes
         if dy is None:  # only the residual stream was used: plain gated-residual backward
-            dh, d_gate = gated_residual_bwd(d_x_new, gate, h)
-            return (d_x_new.to(ctx.dtypes[0]), d_gate.to(gate.dtype), dh, None, None, None, None)
-        dx, d_w, d_scale, d_shift, dh, d_gate = modulated_rms_norm_bwd(
-            dy, x_new, weight, scale, rstd, d_res=d_x_new, gate_BD=gate, h_BSD=h)
-        return (dx.to(ctx.dtypes[0]), d_gate.to(gate.dtype), dh,
-                _cast(d_w, weight) if ctx.needs_input_grad[3] else None,
-                d_scale.to(scale.dtype), d_shift.to(ctx.dtypes[1]), None)
+            dh, d_gate = _gated_residual_bwd_op(d_x_new, gate, h)
+            return (d_x_new.to(x_dtype), d_gate.to(gate.dtype), dh, None, None, None, None)
+        dx, d_w, d_scale, d_shift, dh, d_gate = _modulated_rms_norm_bwd_op(
+            dy, x_new, weight, scale, rstd, d_x_new, gate, h)
+        return (dx.to(x_dtype), d_gate.to(gate.dtype), dh,
+                d_w.to(weight.dtype) if weight is not None else None,
+                d_scale.to(scale.dtype), d_shift.to(shift_dtype), None)
 
 
 # ----------------------------------------------------------------------------- public API

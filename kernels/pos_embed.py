@@ -18,7 +18,8 @@ accumulator, and writes the line's sum over w (the line's share of d_pos_t[t] an
 d_pos_h[h]). The per-program d_pos_w partials and the per-line sums (W times smaller than
 d_out) are reduced with torch, so the result is deterministic.
 
-Layering (style.md item 8): kernels -> launchers -> autograd.Function -> functional API.
+Layering (style.md item 8): kernels -> launchers (registered as torch.library custom ops,
+opaque to torch.compile) -> autograd.Function -> functional API.
 """
 from __future__ import annotations
 
@@ -155,27 +156,53 @@ def add_factorized_pos_embed_bwd(d_out, grid_THW, token_offset, table_rows, tabl
     return grads
 
 
+# torch.library custom ops (opaque nodes with fake implementations for torch.compile)
+
+@torch.library.custom_op("moviegen_kernels::add_factorized_pos_embed_fwd", mutates_args=())
+def _add_pos_embed_fwd_op(x: torch.Tensor, pos_t: torch.Tensor, pos_h: torch.Tensor,
+                          pos_w: torch.Tensor, grid_THW: list[int], token_offset: int) -> torch.Tensor:
+    return add_factorized_pos_embed_fwd(x, pos_t, pos_h, pos_w, grid_THW, token_offset)
+
+
+@_add_pos_embed_fwd_op.register_fake
+def _(x, pos_t, pos_h, pos_w, grid_THW, token_offset):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("moviegen_kernels::add_factorized_pos_embed_bwd", mutates_args=())
+def _add_pos_embed_bwd_op(d_out: torch.Tensor, pos_t: torch.Tensor, pos_h: torch.Tensor,
+                          pos_w: torch.Tensor, grid_THW: list[int], token_offset: int
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The tables are passed only for their shapes and dtypes (the gradients' layout)."""
+    tables = (pos_t, pos_h, pos_w)
+    return tuple(add_factorized_pos_embed_bwd(d_out, grid_THW, token_offset,
+                                              [t.shape[0] for t in tables], [t.dtype for t in tables]))
+
+
+@_add_pos_embed_bwd_op.register_fake
+def _(d_out, pos_t, pos_h, pos_w, grid_THW, token_offset):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (pos_t, pos_h, pos_w))
+
+
 class AddFactorizedPosEmbedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_BSD, pos_t_TD, pos_h_HD, pos_w_WD, grid_THW, token_offset):
-        out = add_factorized_pos_embed_fwd(x_BSD, pos_t_TD, pos_h_HD, pos_w_WD, grid_THW,
-                                           token_offset)
-        ctx.grid_THW = tuple(int(v) for v in grid_THW)
-        ctx.token_offset = int(token_offset)
-        ctx.tables = tuple((t.shape[0], t.dtype) for t in (pos_t_TD, pos_h_HD, pos_w_WD))
+        out = _add_pos_embed_fwd_op(x_BSD, pos_t_TD, pos_h_HD, pos_w_WD, list(grid_THW), token_offset)
+        ctx.grid_THW = list(grid_THW)
+        ctx.token_offset = token_offset
+        ctx.save_for_backward(pos_t_TD, pos_h_HD, pos_w_WD)  # parameters: no extra memory
         return out
 
     @staticmethod
     def backward(ctx, d_out):
         d_t, d_h, d_w = (None, None, None)
         if any(ctx.needs_input_grad[1:4]):
-            rows, dtypes = zip(*ctx.tables)
-            d_t, d_h, d_w = add_factorized_pos_embed_bwd(d_out, ctx.grid_THW, ctx.token_offset,
-                                                         rows, dtypes)
+            d_t, d_h, d_w = _add_pos_embed_bwd_op(d_out, *ctx.saved_tensors, ctx.grid_THW,
+                                                  ctx.token_offset)
         return d_out, d_t, d_h, d_w, None, None
 
 
 def add_factorized_pos_embed(x_BSD, pos_t_TD, pos_h_HD, pos_w_WD, grid_THW, token_offset: int = 0):
     """x + pos_t[t] + pos_h[h] + pos_w[w] for the shard's tokens (see the module docstring)."""
     return AddFactorizedPosEmbedFunction.apply(x_BSD, pos_t_TD, pos_h_HD, pos_w_WD,
-                                               tuple(grid_THW), int(token_offset))
+                                               tuple(int(v) for v in grid_THW), int(token_offset))

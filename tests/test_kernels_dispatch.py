@@ -93,3 +93,37 @@ def test_attention_auto_falls_back_for_unsupported_shapes(monkeypatch):
                                reference.attention_reference(q, q, q))
     with pytest.raises(ValueError, match="head dim 24"):
         kernels.attention(q, q, q, backend="triton")
+
+
+@pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+def test_triton_path_compiles_without_graph_breaks():
+    """The launchers are torch.library custom ops: torch.compile(fullgraph=True) traces the
+    autograd Functions around them (forward and backward) and matches eager."""
+    from kernels.flash_attention import flash_attention
+    from kernels.modulation import gated_residual_modulated_rms_norm, modulated_rms_norm
+    from kernels.pos_embed import add_factorized_pos_embed
+
+    B, S, D, H, E = 2, 6, 32, 2, 16
+    x, h = _rand(B, S, D, seed=1), _rand(B, S, D, seed=2)
+    w, scale, shift, gate = _rand(D, seed=3), _rand(B, D, seed=4), _rand(B, D, seed=5), _rand(B, D, seed=6)
+    pt, ph, pw = _rand(2, D, seed=7), _rand(2, D, seed=8), _rand(3, D, seed=9)
+    mask = torch.tensor([[True] * 5 + [False], [False] * 6])
+    leaves = [x, h, w, scale, shift, gate, pt, ph, pw]
+
+    def block(x, h, w, scale, shift, gate, pt, ph, pw):
+        x = add_factorized_pos_embed(x, pt, ph, pw, (2, 1, 3), 0)
+        y = modulated_rms_norm(x, w, scale, shift, 1e-6)
+        q = y.view(B, S, H, E).transpose(1, 2)
+        # distinct q, k, v: Dynamo cannot trace an autograd.Function given one tensor twice
+        a = flash_attention(q, q * 0.5, q + 1.0, mask).transpose(1, 2).reshape(B, S, D)
+        x_new, y2 = gated_residual_modulated_rms_norm(x, gate, a + h, w, scale, shift, 1e-6)
+        return (x_new * y2).sum()
+
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    loss_eager = block(*leaves)
+    grads_eager = torch.autograd.grad(loss_eager, leaves)
+    loss_compiled = compiled(*leaves)
+    grads_compiled = torch.autograd.grad(loss_compiled, leaves)
+    torch.testing.assert_close(loss_compiled, loss_eager)
+    for a, b in zip(grads_compiled, grads_eager):
+        torch.testing.assert_close(a, b)
