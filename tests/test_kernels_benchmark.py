@@ -34,3 +34,18 @@ def test_check_harness_in_interpreter(capsys):
     assert bench.run_check(device="cpu", dtypes=(torch.float16,), small=True) == 0
     out = capsys.readouterr().out
     assert "FAIL" not in out and out.count("ok  ") >= 20
+
+
+def test_report_names_device_versions_and_targets():
+    bench = _load()
+    rows = [{"op": "gated_residual", "shape": "s", "impl": impl, "pass": "fwd", "ms": ms,
+             "GB/s": 1.0, "pct_of_copy": pct} for impl, ms, pct in (("triton", 1.0, 90.0), ("compile", 2.0, 45.0))]
+    rows += [{"op": "self_attention", "shape": "a", "impl": impl, "pass": "fwd+bwd", "ms": 1.0, "TFLOP/s": t}
+             for impl, t in (("triton", 400.0), ("sdpa_flash", 500.0))]
+    rows.append({"op": "self_attention", "shape": "a", "impl": "sdpa_cudnn", "error": "RuntimeError: no"})
+    meta = {"device": "NVIDIA H100", "torch": "2.11", "triton": "3.6", "dtype": "bf16", "date": "today",
+            "command": "python benchmarks/kernels.py", "copy_GB/s": 3000.0}
+    text = bench.markdown(meta, rows)
+    for needle in ("NVIDIA H100", "torch 2.11", "triton 3.6", "`python benchmarks/kernels.py`", "3000 GB/s",
+                   "90.0% of copy BW", "2.00x", "sdpa_flash 500 TFLOP/s", "0.80x", "error: RuntimeError"):
+        assert needle in text, needle
