@@ -20,7 +20,7 @@ A query whose keys are all masked gets O = 0 and LSE = -inf; its backward select
 through the key mask, so all its gradients are exactly zero (no NaN), like
 ``attention_reference``.
 
-Block sizes are autotuned per (S, L, E) on the GPU; under TRITON_INTERPRET=1 one small
+Block sizes are autotuned per (power-of-two bucket of S and L, E, mask) on the GPU; under TRITON_INTERPRET=1 one small
 config is used. On sm90+ (Hopper) the forward loads Q/K/V through TMA tensor descriptors
 (``_attn_fwd_tma_kernel``; MOVIEGEN_ATTN_TMA=0 turns it off, =1 forces it, e.g. in the
 interpreter); if that kernel fails to build it falls back, with a warning, to the plain
@@ -45,7 +45,6 @@ import triton.language as tl
 from ._utils import check_device, check_same_device, interpreting, next_power_of_2
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
 
