@@ -1,0 +1,129 @@
+"""kernels.dispatch: backend resolution and both paths giving the same numbers."""
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (kernels are decorated at import)
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import reference  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_resolve_backend_rules(monkeypatch):
+    assert kernels.resolve_backend("torch", CUDA) == "torch"
+    assert kernels.resolve_backend("auto", CPU) == "torch"
+    with pytest.raises(ValueError, match="must be one of"):
+        kernels.resolve_backend("cuda", CPU)
+    if kernels.triton_available():
+        assert kernels.resolve_backend("auto", CUDA) == "triton"
+        assert kernels.resolve_backend("triton", "cpu") == "triton"  # TRITON_INTERPRET=1 here
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+            kernels.resolve_backend("triton", CPU)
+
+
+def test_import_without_triton_falls_back_to_torch():
+    """With triton unimportable, `import kernels` works, auto -> torch, triton -> clear error."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, kernels\n"
+        "assert kernels.resolve_backend('auto', torch.device('cuda')) == 'torch'\n"
+        "x = torch.randn(1, 2, 8)\n"
+        "kernels.modulated_rms_norm(x, None, torch.randn(1, 8), torch.randn(1, 8))\n"
+        "try:\n"
+        "    kernels.resolve_backend('triton', torch.device('cuda'))\n"
+        "except RuntimeError as e:\n"
+        "    assert 'not installed' in str(e)\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+        "assert 'kernels.flash_attention' not in sys.modules\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _rand(*shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).requires_grad_()
+
+
+@pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+def test_triton_and_torch_paths_agree():
+    B, S, D, H, E, L = 2, 12, 32, 2, 16, 9
+    grid, offset = (2, 3, 4), 6
+    x, h = _rand(B, S, D, seed=1), _rand(B, S, D, seed=2)
+    w, scale, shift, gate = _rand(D, seed=3), _rand(B, D, seed=4), _rand(B, D, seed=5), _rand(B, D, seed=6)
+    pt, ph, pw = _rand(3, D, seed=7), _rand(3, D, seed=8), _rand(4, D, seed=9)
+    q, k, v = _rand(B, H, S, E, seed=10), _rand(B, H, L, E, seed=11), _rand(B, H, L, E, seed=12)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1, 5:] = False
+    leaves = [x, h, w, scale, shift, gate, pt, ph, pw, q, k, v]
+
+    def run(backend):
+        y = kernels.modulated_rms_norm(x, w, scale, shift, 1e-6, backend=backend)
+        r = kernels.gated_residual(x, gate, h, backend=backend)
+        x_new, y2 = kernels.gated_residual_modulated_rms_norm(x, gate, h, w, scale, shift, 1e-6,
+                                                              backend=backend)
+        p = kernels.add_factorized_pos_embed(x, pt, ph, pw, grid, offset, backend=backend)
+        a = kernels.attention(q, k, v, mask, backend=backend)
+        outs = [y, r, x_new, y2, p, a]
+        loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
+        return outs + list(torch.autograd.grad(loss, leaves))
+
+    for got, want in zip(run("triton"), run("torch")):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+def test_attention_auto_falls_back_for_unsupported_shapes(monkeypatch):
+    """Under 'auto' a head dim the kernel lacks uses the reference; under 'triton' it raises."""
+    import kernels.dispatch as dispatch
+    monkeypatch.setattr(dispatch, "resolve_backend", lambda setting, device: "triton")
+    q = torch.randn(1, 1, 4, 24)
+    torch.testing.assert_close(kernels.attention(q, q, q, backend="auto"),
+                               reference.attention_reference(q, q, q))
+    with pytest.raises(ValueError, match="head dim 24"):
+        kernels.attention(q, q, q, backend="triton")
+
+
+@pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+def test_triton_path_compiles_without_graph_breaks():
+    """The launchers are torch.library custom ops: torch.compile(fullgraph=True) traces the
+    autograd Functions around them (forward and backward) and matches eager."""
+    from kernels.flash_attention import flash_attention
+    from kernels.modulation import gated_residual_modulated_rms_norm, modulated_rms_norm
+    from kernels.pos_embed import add_factorized_pos_embed
+
+    B, S, D, H, E = 2, 6, 32, 2, 16
+    x, h = _rand(B, S, D, seed=1), _rand(B, S, D, seed=2)
+    w, scale, shift, gate = _rand(D, seed=3), _rand(B, D, seed=4), _rand(B, D, seed=5), _rand(B, D, seed=6)
+    pt, ph, pw = _rand(2, D, seed=7), _rand(2, D, seed=8), _rand(3, D, seed=9)
+    mask = torch.tensor([[True] * 5 + [False], [False] * 6])
+    leaves = [x, h, w, scale, shift, gate, pt, ph, pw]
+
+    def block(x, h, w, scale, shift, gate, pt, ph, pw):
+        x = add_factorized_pos_embed(x, pt, ph, pw, (2, 1, 3), 0)
+        y = modulated_rms_norm(x, w, scale, shift, 1e-6)
+        q = y.view(B, S, H, E).transpose(1, 2)
+        # distinct q, k, v: Dynamo cannot trace an autograd.Function given one tensor twice
+        a = flash_attention(q, q * 0.5, q + 1.0, mask).transpose(1, 2).reshape(B, S, D)
+        x_new, y2 = gated_residual_modulated_rms_norm(x, gate, a + h, w, scale, shift, 1e-6)
+        return (x_new * y2).sum()
+
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    loss_eager = block(*leaves)
+    grads_eager = torch.autograd.grad(loss_eager, leaves)
+    loss_compiled = compiled(*leaves)
+    grads_compiled = torch.autograd.grad(loss_compiled, leaves)
+    torch.testing.assert_close(loss_compiled, loss_eager)
+    for a, b in zip(grads_compiled, grads_eager):
+        torch.testing.assert_close(a, b)

@@ -1,0 +1,141 @@
+"""Triton flash attention (kernels/flash_attention.py) against the torch reference in
+float64, on CPU through the Triton interpreter (fp32, fp16; bf16 is checked on a GPU by
+``python benchmarks/kernels.py --check``)."""
+import math
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (kernels are decorated at import)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton", reason="triton is not installed; the torch path is tested elsewhere")
+
+from kernels import reference  # noqa: E402
+import kernels.flash_attention as fa  # noqa: E402
+from kernels.flash_attention import FlashAttention, flash_attention  # noqa: E402
+
+TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=3e-3, rtol=3e-3)}
+
+
+def _qkv(B, H, S, L, E, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype).requires_grad_()  # noqa: E731
+    return rnd(B, H, S, E), rnd(B, H, L, E), rnd(B, H, L, E)
+
+
+def _mask(B, L, seed, fully_masked_sample=None):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(B, L, generator=g) > 0.4
+    mask[:, 0] = True  # every other sample keeps at least one real key
+    if fully_masked_sample is not None:
+        mask[fully_masked_sample] = False
+    return mask
+
+
+@pytest.fixture(params=["pointer", "tma"])
+def forward_kernel(request, monkeypatch):
+    """Run the forward through the pointer kernel and through the tensor-descriptor (TMA)
+    kernel that Hopper uses; the latter must not have fallen back."""
+    monkeypatch.setenv("MOVIEGEN_ATTN_TMA", "1" if request.param == "tma" else "0")
+    yield request.param
+    assert not fa._TMA_BROKEN, "the TMA forward raised and fell back to the pointer kernel"
+
+
+def _lse_reference(q, k, mask):
+    """log-sum-exp over real keys (-inf for a query without one), float64."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    return torch.logsumexp(scores, dim=-1)
+
+
+def _check(q, k, v, mask, dtype, check_lse=True):
+    if os.environ.get("MOVIEGEN_ATTN_TMA") == "1":
+        assert fa._use_tma(q, k, v), "the TMA forward would not be used for these inputs"
+    out, lse = flash_attention(q, k, v, mask, return_lse=True)
+    d_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [q, k, v], d_out)
+
+    ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    out_ref = reference.attention_reference(*ref, mask)
+    ref_grads = torch.autograd.grad(out_ref, ref, d_out.double())
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    torch.testing.assert_close(out.double(), out_ref, **TOL[dtype], msg=lambda m: f"out: {m}")
+    for name, g, g_ref in zip(["dq", "dk", "dv"], grads, ref_grads):
+        assert g.dtype == dtype and not torch.isnan(g).any(), name
+        torch.testing.assert_close(g.double(), g_ref, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+    if check_lse:
+        torch.testing.assert_close(lse.double(), _lse_reference(*ref[:2], mask), atol=1e-3, rtol=1e-3)
+    return out, grads
+
+
+# (B, H, S, L, E): Sq != Sk and neither a multiple of the 16-row interpreter block,
+# one query, one key, head dims 16/32/64/128
+SHAPES = [(2, 2, 33, 40, 32), (1, 2, 1, 19, 16), (2, 1, 24, 1, 16), (1, 1, 20, 48, 64),
+          (1, 1, 16, 32, 128)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-H{}-S{}-L{}-E{}".format(*s))
+def test_matches_reference(shape, dtype, forward_kernel):
+    _check(*_qkv(*shape, dtype, seed=sum(shape)), None, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_key_padding_mask_with_fully_masked_sample(dtype, forward_kernel):
+    """Sample 1 has no real key: zeros out, -inf lse, zero (not NaN) gradients."""
+    B, H, S, L, E = 3, 2, 17, 37, 32
+    q, k, v = _qkv(B, H, S, L, E, dtype, seed=7)
+    mask = _mask(B, L, seed=7, fully_masked_sample=1)
+    out, (dq, dk, dv) = _check(q, k, v, mask, dtype)
+    assert torch.count_nonzero(out[1]) == 0
+    for g in (dq, dk, dv):
+        assert torch.count_nonzero(g[1]) == 0
+    # masked keys of the other samples get no gradient either
+    assert torch.count_nonzero(dk[0][:, ~mask[0]]) == 0 and torch.count_nonzero(dv[2][:, ~mask[2]]) == 0
+    _, lse = flash_attention(q, k, v, mask, return_lse=True)
+    assert torch.isneginf(lse[1]).all() and torch.isfinite(lse[[0, 2]]).all()
+
+
+def test_lse_gradient():
+    """The returned LSE is differentiable (a context-parallel merge backpropagates into it)."""
+    q, k, v = _qkv(2, 2, 18, 21, 16, torch.float32, seed=8)
+    mask = _mask(2, 21, seed=8)
+    out, lse = flash_attention(q, k, v, mask, return_lse=True)
+    w_out, w_lse = torch.randn_like(out), torch.randn_like(lse)
+    grads = torch.autograd.grad((out * w_out).sum() + (lse * w_lse).sum(), [q, k, v])
+    ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    loss_ref = ((reference.attention_reference(*ref, mask) * w_out.double()).sum()
+                + (_lse_reference(ref[0], ref[1], mask) * w_lse.double()).sum())
+    for name, g, g_ref in zip(["dq", "dk", "dv"], grads, torch.autograd.grad(loss_ref, ref)):
+        torch.testing.assert_close(g.double(), g_ref, **TOL[torch.float32], msg=lambda m: f"{name}: {m}")
+
+
+def test_strided_inputs_from_bshe_layout(forward_kernel):
+    """q/k/v as transposed views of [B, S, H, E] projections (the model's natural layout)."""
+    B, S, H, E = 2, 21, 3, 16
+    g = torch.Generator().manual_seed(9)
+    qkv = torch.randn(B, S, 3, H, E, generator=g, requires_grad=True)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, S, E], non-contiguous
+    assert not q.is_contiguous()
+    out = flash_attention(q, k, v)
+    out.square().sum().backward()
+    ref_qkv = qkv.detach().double().requires_grad_()
+    rq, rk, rv = (ref_qkv[:, :, i].transpose(1, 2) for i in range(3))
+    out_ref = reference.attention_reference(rq, rk, rv)
+    out_ref.square().sum().backward()
+    torch.testing.assert_close(out.double(), out_ref, **TOL[torch.float32])
+    torch.testing.assert_close(qkv.grad.double(), ref_qkv.grad, **TOL[torch.float32])
+
+
+def test_module_and_errors():
+    q, k, v = _qkv(1, 1, 5, 6, 16, torch.float32, seed=10)
+    torch.testing.assert_close(FlashAttention()(q, k, v), reference.attention_reference(q, k, v),
+                               **TOL[torch.float32])
+    with pytest.raises(ValueError, match="head dim 24 not supported"):
+        flash_attention(*_qkv(1, 1, 4, 4, 24, torch.float32, seed=0))
+    with pytest.raises(ValueError, match="key_padding_mask must be bool"):
+        flash_attention(q, k, v, torch.ones(1, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="share a dtype"):
+        flash_attention(q, k.half(), v)
