@@ -178,7 +178,9 @@ def main(argv=None):
                 f"(`python benchmarks/plan.py`)\n\n")
         f.write("Activation model vs measured CPU peak: " + ", ".join(
             f"AC {c['ac']} {100 * c['error']:+.1f}%" for c in calib) + "\n\n")
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(lines) + "\n\n")
+        how = __doc__.split("How to read the table.")[1].split("Writes ")[0]
+        f.write("How to read the table." + how)
     return rows
 
 
