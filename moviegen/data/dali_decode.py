@@ -81,6 +81,10 @@ class DaliDecoder:
         pipe.build()
         return pipe
 
+    def close(self) -> None:
+        """Drops the pipelines (they are rebuilt on the next decode)."""
+        self._pipes.clear()
+
     def _pipe(self, kind: str):
         if kind not in self._pipes:
             self._pipes[kind] = self._build(kind)

@@ -9,8 +9,9 @@ the same spec and produce the same tensor, so the sampling maths lives here once
   * space: resize (bilinear, antialiased) so the bucket size is covered, then crop
   * values: uint8 -> (x - 127.5) / 127.5 in [-1, 1]; layout [C, T, H, W]
 
-PyAV converts YUV to RGB with swscale's BILINEAR | ACCURATE_RND, which is bit-exact with
-DALI's CPU decoder on VP9 (checked by tests/test_data_decode.py).
+PyAV converts YUV to RGB with swscale's BILINEAR | ACCURATE_RND | FULL_CHR_H_INT, which is
+bit-exact with DALI's CPU decoder on VP9 (checked by tests/test_data_decode.py); the
+default flags differ from DALI by up to ~30 levels at chroma edges.
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def sample_spec(m: Manifest, row: int, bucket: Bucket, target_fps: float,
 
 def _rgb_interpolation():
     from av.video.reformatter import Interpolation
-    return Interpolation.BILINEAR | Interpolation.ACCURATE_RND
+    return Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 
 def check_file(path: str) -> None:

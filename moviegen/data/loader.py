@@ -15,10 +15,13 @@ RuntimeError is raised only when the skipped fraction passes cfg.max_skip_fracti
 """
 from __future__ import annotations
 
+import atexit
 import base64
+import gc
 import logging
 import queue
 import threading
+import weakref
 import zlib
 from typing import Iterator
 
@@ -108,6 +111,68 @@ class _ThreadProducer:
             self._thread.join(timeout=0.05)
 
 
+class _Planner:
+    """Epoch plans and batch specs of one (split, dp_rank); shared with decode threads,
+    so it must not refer back to the loader (which could then never be freed)."""
+
+    def __init__(self, cfg, manifest, buckets, bucket_ids, *, seed, split, dp_rank, dp_size):
+        self.cfg, self.manifest, self.buckets, self.bucket_ids = cfg, manifest, buckets, bucket_ids
+        self.seed, self.split, self.dp_rank, self.dp_size = seed, split, dp_rank, dp_size
+        self._epoch, self._plan = -1, None
+        self._lock = threading.Lock()
+
+    def plan(self, epoch: int) -> EpochPlan:
+        with self._lock:
+            if epoch != self._epoch:
+                plan = build_epoch_plan(
+                    self.bucket_ids, self.buckets, seed=self.seed, epoch=epoch,
+                    split=self.split, dp_size=self.dp_size, shuffle=self.cfg.shuffle,
+                    drop_last=self.cfg.drop_last, image_ratio=self.cfg.image_ratio)
+                if len(plan) == 0:
+                    raise RuntimeError(f"epoch plan is empty (drop_last={self.cfg.drop_last} "
+                                       "with buckets smaller than one global batch?)")
+                self._epoch, self._plan = epoch, plan
+            return self._plan
+
+    def spec(self, epoch: int, k: int) -> BatchSpec:
+        plan = self.plan(epoch)
+        sl = plan.rank_slice(k, self.dp_rank, self.dp_size)
+        bucket = self.buckets[int(plan.batch_bucket[k])]
+        centre = self.split != "train"
+        samples = [sample_spec(self.manifest, int(r), bucket, self.cfg.fps, u, centre)
+                   for r, u in zip(plan.rows[sl], plan.uniforms[sl])]
+        return BatchSpec(epoch=epoch, index=k, bucket=bucket, samples=samples)
+
+    def specs(self, epoch: int, k: int) -> Iterator[BatchSpec]:
+        """Every spec from (epoch, k) on, forever."""
+        while True:
+            n = len(self.plan(epoch))
+            while k < n:
+                yield self.spec(epoch, k)
+                k += 1
+            epoch, k = epoch + 1, 0
+
+
+_LIVE_SOURCES: "weakref.WeakSet" = weakref.WeakSet()
+_ATEXIT_REGISTERED = False
+
+
+def _close_live_sources():
+    """Stops decode threads before DALI's own atexit check that no pipeline is alive."""
+    for src in list(_LIVE_SOURCES):
+        src.close()
+    gc.collect()
+
+
+def _track(source):
+    global _ATEXIT_REGISTERED
+    if not _ATEXIT_REGISTERED:  # registered after DALI's import, so it runs before DALI's
+        atexit.register(_close_live_sources)
+        _ATEXIT_REGISTERED = True
+    _LIVE_SOURCES.add(source)
+    return source
+
+
 class VideoLoader:
     """Iterable forever over batches of one bucket each; see the module docstring."""
 
@@ -137,7 +202,8 @@ class VideoLoader:
                     len(np.unique(self.bucket_ids[self.bucket_ids >= 0])), backend,
                     dp_rank, dp_size)
         self.tokenizer = ByteTokenizer(cfg.text_max_length)
-        self._plan_epoch, self._plan = -1, None
+        self._planner = _Planner(cfg, manifest, self.buckets, self.bucket_ids, seed=seed,
+                                 split=split, dp_rank=dp_rank, dp_size=dp_size)
         # position of the next batch to *yield*
         self.epoch, self.batch_index = 0, 0
         self._seen = np.zeros(len(manifest), bool)
@@ -151,49 +217,23 @@ class VideoLoader:
     # -- plan --------------------------------------------------------------------------
 
     def plan(self, epoch: int) -> EpochPlan:
-        if epoch != self._plan_epoch:
-            self._plan = build_epoch_plan(
-                self.bucket_ids, self.buckets, seed=self.seed, epoch=epoch, split=self.split,
-                dp_size=self.dp_size, shuffle=self.cfg.shuffle, drop_last=self.cfg.drop_last,
-                image_ratio=self.cfg.image_ratio)
-            self._plan_epoch = epoch
-            if len(self._plan) == 0:
-                raise RuntimeError(f"epoch plan is empty (drop_last={self.cfg.drop_last} "
-                                   "with buckets smaller than one global batch?)")
-        return self._plan
+        return self._planner.plan(epoch)
 
     def batches_per_epoch(self) -> int:
         return len(self.plan(self.epoch))
 
-    def _spec(self, epoch: int, k: int) -> BatchSpec:
-        plan = self.plan(epoch)
-        sl = plan.rank_slice(k, self.dp_rank, self.dp_size)
-        bucket = self.buckets[int(plan.batch_bucket[k])]
-        centre = self.split != "train"
-        samples = [sample_spec(self.manifest, int(r), bucket, self.cfg.fps, u, centre)
-                   for r, u in zip(plan.rows[sl], plan.uniforms[sl])]
-        return BatchSpec(epoch=epoch, index=k, bucket=bucket, samples=samples)
-
-    def _specs(self, epoch: int, k: int) -> Iterator[BatchSpec]:
-        while True:
-            n = len(self.plan(epoch))
-            while k < n:
-                yield self._spec(epoch, k)
-                k += 1
-            epoch, k = epoch + 1, 0
-
     # -- decoding sources --------------------------------------------------------------
 
     def _start(self):
-        specs = self._specs(self.epoch, self.batch_index)
+        specs = self._planner.specs(self.epoch, self.batch_index)
         if self.backend == "dali":
             if self._dali is None:
                 from moviegen.data.dali_decode import DaliDecoder
                 dev = (self.device.index or 0) if self.device.type == "cuda" else None
                 self._dali = DaliDecoder(max(b.batch_size for b in self.buckets),
                                          max(1, self.cfg.num_workers), dev)
-            self._source = _ThreadProducer(specs, self._dali.decode_batch,
-                                           self.cfg.prefetch_batches)
+            self._source = _track(_ThreadProducer(specs, self._dali.decode_batch,
+                                                  self.cfg.prefetch_batches))
         else:
             nw = self.cfg.num_workers
             dl = torch.utils.data.DataLoader(
@@ -209,6 +249,8 @@ class VideoLoader:
             src.close()
         elif src is not None and hasattr(src, "_shutdown_workers"):
             src._shutdown_workers()
+        if self._dali is not None:
+            self._dali.close()
 
     def __del__(self):
         try:
@@ -228,7 +270,7 @@ class VideoLoader:
             item = next(self._source)
             assert (item["epoch"], item["index"]) == (self.epoch, self.batch_index), \
                 "loader out of step with its plan"
-            spec = self._spec(item["epoch"], item["index"])
+            spec = self._planner.spec(item["epoch"], item["index"])
             batch = self._account(spec, item)
             self._advance()
             if batch is not None:
