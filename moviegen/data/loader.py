@@ -118,12 +118,13 @@ class _Planner:
     def __init__(self, cfg, manifest, buckets, bucket_ids, *, seed, split, dp_rank, dp_size):
         self.cfg, self.manifest, self.buckets, self.bucket_ids = cfg, manifest, buckets, bucket_ids
         self.seed, self.split, self.dp_rank, self.dp_size = seed, split, dp_rank, dp_size
-        self._epoch, self._plan = -1, None
+        # two epochs cached: near an epoch end the prefetcher is already in the next one
+        self._plans: dict[int, EpochPlan] = {}
         self._lock = threading.Lock()
 
     def plan(self, epoch: int) -> EpochPlan:
         with self._lock:
-            if epoch != self._epoch:
+            if epoch not in self._plans:
                 plan = build_epoch_plan(
                     self.bucket_ids, self.buckets, seed=self.seed, epoch=epoch,
                     split=self.split, dp_size=self.dp_size, shuffle=self.cfg.shuffle,
@@ -131,8 +132,10 @@ class _Planner:
                 if len(plan) == 0:
                     raise RuntimeError(f"epoch plan is empty (drop_last={self.cfg.drop_last} "
                                        "with buckets smaller than one global batch?)")
-                self._epoch, self._plan = epoch, plan
-            return self._plan
+                for old in sorted(self._plans)[:-1]:
+                    del self._plans[old]
+                self._plans[epoch] = plan
+            return self._plans[epoch]
 
     def spec(self, epoch: int, k: int) -> BatchSpec:
         plan = self.plan(epoch)
