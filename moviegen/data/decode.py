@@ -1,0 +1,178 @@
+"""Batch specs and the PyAV decode path (the fallback when DALI is absent).
+
+A :class:`BatchSpec` says exactly what to decode for one rank's batch: per sample the
+file, the source frame indices, the resize size and the crop corner. Both backends take
+the same spec and produce the same tensor, so the sampling maths lives here once:
+
+  * frames: sampled at min(target fps, source fps); index k of a window starting at
+    `start` is start + floor(k * source_fps / fps_used)
+  * space: resize (bilinear, antialiased) so the bucket size is covered, then crop
+  * values: uint8 -> (x - 127.5) / 127.5 in [-1, 1]; layout [C, T, H, W]
+
+PyAV converts YUV to RGB with swscale's BILINEAR | ACCURATE_RND | FULL_CHR_H_INT, which is
+bit-exact with DALI's CPU decoder on VP9 (checked by tests/test_data_decode.py); the
+default flags differ from DALI by up to ~30 levels at chroma edges.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from moviegen.data.buckets import Bucket
+from moviegen.data.manifest import Manifest
+
+# Codecs the DALI CPU decoder handles; the GPU ('mixed') one adds H.264/HEVC/AV1/MPEG-4.
+DALI_CPU_CODECS = ("vp8", "vp9", "mjpeg")
+
+
+class DecodeError(RuntimeError):
+    """A sample that cannot be decoded; the loader logs, counts and skips it."""
+
+
+@dataclass
+class SampleSpec:
+    row: int
+    path: str
+    kind: str                      # "video" | "image"
+    frame_indices: np.ndarray      # int64 [T] source frame numbers (empty for images)
+    resize_hw: tuple[int, int]     # size after resize, covers the bucket size
+    crop_yx: tuple[int, int]       # top-left corner of the crop in the resized frame
+    fps_used: float                # sampling rate (0 for images)
+
+
+@dataclass
+class BatchSpec:
+    epoch: int
+    index: int                     # global batch index in the epoch
+    bucket: Bucket
+    samples: list[SampleSpec] = field(default_factory=list)
+
+
+def sample_spec(m: Manifest, row: int, bucket: Bucket, target_fps: float,
+                u: np.ndarray, centre: bool) -> SampleSpec:
+    """Spec of one sample from its manifest row and three uniforms (time, y, x)."""
+    h, w = int(m.height[row]), int(m.width[row])
+    scale = max(bucket.height / h, bucket.width / w)
+    rh = max(bucket.height, int(round(h * scale)))
+    rw = max(bucket.width, int(round(w * scale)))
+    dy, dx = rh - bucket.height, rw - bucket.width
+    if centre:
+        cy, cx = dy // 2, dx // 2
+    else:
+        cy = min(dy, int(math.floor(u[1] * (dy + 1))))
+        cx = min(dx, int(math.floor(u[2] * (dx + 1))))
+    if bucket.kind == "image":
+        return SampleSpec(row, m.resolve(row), "image", np.zeros(0, np.int64), (rh, rw),
+                          (cy, cx), 0.0)
+    src_fps, n_src = float(m.fps[row]), int(m.frames[row])
+    fps_used = min(target_fps, src_fps)
+    step = src_fps / fps_used
+    k = np.arange(bucket.frames)
+    offsets = np.floor(k * step + 1e-6).astype(np.int64)
+    max_start = max(0, n_src - int(offsets[-1]) - 1)
+    start = max_start // 2 if centre else min(max_start, int(math.floor(u[0] * (max_start + 1))))
+    return SampleSpec(row, m.resolve(row), "video", start + offsets, (rh, rw), (cy, cx),
+                      fps_used)
+
+
+# ----------------------------------------------------------------------------- PyAV
+
+
+def _rgb_interpolation():
+    from av.video.reformatter import Interpolation
+    return Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+
+
+def check_file(path: str) -> None:
+    """Cheap checks both backends do before decoding."""
+    if not os.path.exists(path):
+        raise DecodeError("missing file")
+    if os.path.getsize(path) == 0:
+        raise DecodeError("zero-byte file")
+
+
+def decode_video_pyav(path: str, indices: np.ndarray, codecs=None) -> np.ndarray:
+    """uint8 [T, H, W, 3] frames `indices` (decode order = presentation order)."""
+    import av
+
+    check_file(path)
+    wanted = {int(i) for i in indices}
+    last = max(wanted)
+    got: dict[int, np.ndarray] = {}
+    count = 0
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise DecodeError("no video stream")
+            stream = container.streams.video[0]
+            codec = stream.codec_context.name
+            if codecs is not None and codec not in codecs:
+                raise DecodeError(f"codec {codec!r} not in accepted codecs {list(codecs)}")
+            stream.codec_context.thread_count = 1  # workers parallelise; avoid oversubscription
+            interp = _rgb_interpolation()
+            for frame in container.decode(stream):
+                if count in wanted:
+                    got[count] = frame.to_ndarray(format="rgb24", interpolation=interp)
+                count += 1
+                if count > last:
+                    break
+    except DecodeError:
+        raise
+    except Exception as e:  # av.error.*, OSError, ...: any failure is this file's
+        raise DecodeError(f"{type(e).__name__}: {e}") from None
+    if len(got) < len(wanted):
+        raise DecodeError(f"truncated: needs frame {last}, decoded {count} frames")
+    shapes = {a.shape for a in got.values()}
+    if len(shapes) != 1:
+        raise DecodeError(f"frame size changes inside the clip: {sorted(shapes)}")
+    return np.stack([got[int(i)] for i in indices])
+
+
+def decode_image_pil(path: str) -> np.ndarray:
+    """uint8 [1, H, W, 3]."""
+    from PIL import Image
+
+    check_file(path)
+    try:
+        with Image.open(path) as im:
+            arr = np.array(im.convert("RGB"))
+    except Exception as e:
+        raise DecodeError(f"{type(e).__name__}: {e}") from None
+    return arr[None]
+
+
+def resize_crop_normalize(frames_THWC: np.ndarray, resize_hw, crop_yx, out_hw) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float32 [3, T, h, w] in [-1, 1] (what DALI's graph computes)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames_THWC)).permute(0, 3, 1, 2).float()
+    if tuple(x.shape[-2:]) != tuple(resize_hw):
+        x = F.interpolate(x, size=tuple(resize_hw), mode="bilinear", antialias=True,
+                          align_corners=False)
+        x = x.round_().clamp_(0, 255)  # DALI resizes to uint8
+    (cy, cx), (h, w) = crop_yx, out_hw
+    x = x[:, :, cy:cy + h, cx:cx + w]
+    return (x.permute(1, 0, 2, 3) - 127.5) / 127.5
+
+
+def decode_batch_pyav(spec: BatchSpec, codecs=None) -> dict:
+    """Decodes one BatchSpec; failed samples are reported, not raised."""
+    out, kept, skipped = [], [], []
+    hw = (spec.bucket.height, spec.bucket.width)
+    for i, s in enumerate(spec.samples):
+        try:
+            if s.kind == "video":
+                frames = decode_video_pyav(s.path, s.frame_indices, codecs)
+            else:
+                frames = decode_image_pil(s.path)
+            out.append(resize_crop_normalize(frames, s.resize_hw, s.crop_yx, hw))
+            kept.append(i)
+        except DecodeError as e:
+            skipped.append((i, str(e)))
+    video = (torch.stack(out) if out else
+             torch.zeros((0, 3, spec.bucket.frames, *hw), dtype=torch.float32))
+    return {"epoch": spec.epoch, "index": spec.index, "video": video, "kept": kept,
+            "skipped": skipped}
