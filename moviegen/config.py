@@ -20,6 +20,8 @@ from typing import Any, Optional
 
 import yaml
 
+from moviegen.data.config import VideoDataConfig
+
 
 class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type, or impossible."""
@@ -84,7 +86,8 @@ class TextConfig:
 @dataclass
 class DataConfig:
     kind: str = "synthetic_latents"
-    """synthetic_latents: generated caption-dependent latents (no files needed)."""
+    """synthetic_latents (generated caption-dependent latents, no files), video (files
+    encoded on the fly) or precomputed (TAE latents from python -m moviegen.precompute)."""
     batch_size: int = 8
     """Samples per data-parallel rank per step."""
     num_train: int = 512
@@ -98,7 +101,18 @@ class DataConfig:
     latent_width: int = 12
     """W' of the generated latents (not square on purpose)."""
     fps: int = 16
-    """Frame rate written into captions as the "FPS-n " prefix."""
+    """Frame rate written into captions as the "FPS-n " prefix (synthetic_latents)."""
+    video: VideoDataConfig = field(default_factory=VideoDataConfig)
+    """Video/image files (data.kind=video): manifest, buckets, decode backend."""
+    encoder: str = "random_patch"
+    """data.kind=video: pixels -> latents by `tae` (data.tae_checkpoint) or `random_patch`
+    (a fixed random Conv3d at the video config's compression, for runs without a TAE)."""
+    tae_checkpoint: Optional[str] = None
+    """Directory of a trained TAE (python -m moviegen.train_tae) for encoder=tae."""
+    latent_scale: float = 1.0
+    """Multiplier bringing TAE latents to roughly unit variance (encoder=tae)."""
+    precomputed_dir: Optional[str] = None
+    """data.kind=precomputed: output directory of python -m moviegen.precompute."""
 
 
 @dataclass
@@ -410,6 +424,39 @@ def validate_config(cfg: JobConfig) -> None:
                f"{m.max_latent_width}")
         _check(d.num_train >= d.batch_size, "data.num_train", "must be >= data.batch_size")
         _check(d.num_val >= 1, "data.num_val", "must be >= 1")
+    elif d.kind == "video":
+        try:
+            d.video.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        _check(d.video.manifest != "", "data.video.manifest",
+               "a manifest is needed (python -m moviegen.data.prepare writes one)")
+        _check(os.path.exists(d.video.manifest), "data.video.manifest",
+               f"file '{d.video.manifest}' does not exist")
+        _check(d.encoder in ("random_patch", "tae"), "data.encoder",
+               f"'{d.encoder}' is not one of random_patch, tae")
+        if d.encoder == "tae":
+            _check(d.tae_checkpoint is not None and os.path.isdir(d.tae_checkpoint),
+                   "data.tae_checkpoint", f"'{d.tae_checkpoint}' is not a TAE directory "
+                   f"(python -m moviegen.train_tae writes one)")
+    elif d.kind == "precomputed":
+        _check(d.precomputed_dir is not None and
+               os.path.exists(os.path.join(d.precomputed_dir, "index.json")),
+               "data.precomputed_dir", f"no index.json in '{d.precomputed_dir}' "
+               f"(python -m moviegen.precompute writes it)")
+    else:
+        _check(False, "data.kind",
+               f"'{d.kind}' is not one of synthetic_latents, video, precomputed")
+    if d.kind == "video":
+        from moviegen.data_sources import latent_grids
+
+        pt, ph, pw = m.patch_size
+        for name, T, H, W in latent_grids(cfg):
+            _check(T // pt <= m.max_latent_frames and H // ph <= m.max_latent_height
+                   and W // pw <= m.max_latent_width, "model.max_latent_*",
+                   f"data bucket '{name}' gives a patch grid ({T // pt}, {H // ph}, {W // pw}) "
+                   f"larger than the position tables ({m.max_latent_frames}, "
+                   f"{m.max_latent_height}, {m.max_latent_width})")
 
     t = cfg.train
     _check(t.steps >= 0, "train.steps", "must be >= 0")

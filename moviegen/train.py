@@ -34,7 +34,7 @@ from moviegen.config import ConfigError, JobConfig, load_config, parse_cli
 from moviegen.export import export_inference
 from moviegen.flow import flow_matching_loss, interpolate, sample_t, target_velocity
 from moviegen.flops import device_peak_tflops, flops_per_sample
-from moviegen.latent_synthetic import SyntheticLatentDataset, SyntheticLatentLoader
+from moviegen.data_sources import build_data, build_pixel_encoder, num_batches
 from moviegen.metrics import MetricsWriter, ProgressBar, max_memory_gb
 from moviegen.model import MovieGenTransformer, adapt_stage_state_dict, resolve_model_args
 from moviegen.text_encoders import TextEncoders, drop_captions
@@ -98,19 +98,6 @@ def build_optimizer(model: torch.nn.Module, cfg: JobConfig, device: torch.device
     return opt, sched
 
 
-def build_data(cfg: JobConfig, dp_rank: int, dp_size: int, split: str):
-    d = cfg.data
-    if d.kind == "synthetic_latents":
-        shape = (cfg.model.in_channels, d.latent_frames, d.latent_height, d.latent_width)
-        n = d.num_train if split == "train" else d.num_val
-        seed = cfg.train.seed if split == "train" else cfg.train.seed + 7919
-        ds = SyntheticLatentDataset(n, shape, seed=seed, fps=d.fps)
-        bs = d.batch_size if split == "train" else min(d.batch_size, n)
-        return SyntheticLatentLoader(ds, bs, dp_rank, dp_size, seed=seed,
-                                     shuffle=(split == "train"))
-    raise ConfigError(f"data.kind: '{d.kind}' is not a known data source")
-
-
 def init_distributed(cfg: JobConfig, device: torch.device):
     """(ParallelDims, meshes or None). Validates the layout BEFORE the process group exists
     (a pure function of config and WORLD_SIZE: every rank raises the same ConfigError)."""
@@ -153,9 +140,11 @@ class Trainer:
         if cfg.train.init_from:
             self._init_from(cfg.train.init_from)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.device)
+        self.pixel_encoder = build_pixel_encoder(cfg, self.device)  # data.kind=video only
         self.train_data = build_data(cfg, self.dp_rank, self.dp_size, "train")
         self.val_data = build_data(cfg, self.dp_rank, self.dp_size, "val")
         self.step = 0
+        self._cost_cache: dict = {}
         # t, noise and caption dropout: shared by a CP x TP group, distinct per DP rank
         self.gen = torch.Generator(device="cpu").manual_seed(
             cfg.train.seed + 17 + 7919 * self.dp_rank)
@@ -176,7 +165,10 @@ class Trainer:
     # -- one step -----------------------------------------------------------
     def prepare_batch(self, batch: dict, generator: torch.Generator, drop_text: bool):
         """Latents, noise, t and text embeddings for one batch (no graph, no host sync)."""
-        x1 = batch["latents"].to(self.device, non_blocking=True)
+        if "latents" in batch:
+            x1 = batch["latents"].to(self.device, non_blocking=True)
+        else:  # pixels from video files: encode with the frozen TAE (or random patches)
+            x1 = self.pixel_encoder.encode(batch["video"].to(self.device, non_blocking=True))
         embeds, masks = self.text_encoders.encode(batch["captions"])
         if drop_text:
             masks = drop_captions(masks, self.cfg.text.caption_dropout, generator)
@@ -194,6 +186,8 @@ class Trainer:
     def train_step(self, batch: dict) -> dict:
         self.model.train()
         inputs = self.prepare_batch(batch, self.gen, drop_text=True)
+        x_t = inputs[0]
+        self.last_batch_shape = tuple(x_t.shape)  # host metadata: no sync
         t0 = time.perf_counter()
         loss = self.forward_loss(*inputs)
         loss.backward()
@@ -215,28 +209,33 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg.train.seed + 4242)
         data = build_data(self.cfg, self.dp_rank, self.dp_size, "val")
         total, n = torch.zeros((), device=self.device), 0
-        for _ in range(data.batches_per_epoch):
+        for _ in range(num_batches(data)):
             inputs = self.prepare_batch(next(data), gen, drop_text=False)
             total += self.forward_loss(*inputs)
             n += 1
         return self.parallel.mean_over_dp(total / max(n, 1)).item()
+
+    def sample_cost(self, latent_shape_BCTHW) -> tuple[int, float]:
+        """(video tokens, model FLOPs) of one sample of this latent shape (moviegen.flops)."""
+        key = tuple(latent_shape_BCTHW[1:])
+        if key not in self._cost_cache:
+            seq_len = math.prod(self.model.patch_grid(key))
+            text_len = sum(e.max_length for e in self.cfg.text.encoders)
+            self._cost_cache[key] = (seq_len, flops_per_sample(self.model_args, seq_len,
+                                                               text_len)["total"])
+        return self._cost_cache[key]
 
     # -- loop ---------------------------------------------------------------
     def fit(self) -> dict:
         cfg = self.cfg
         is_main = self.rank == 0
         writer = MetricsWriter(cfg.output_dir, enabled=is_main)
-        shape = (cfg.data.latent_frames, cfg.data.latent_height, cfg.data.latent_width)
-        grid = self.model.patch_grid((cfg.model.in_channels, *shape))
-        seq_len = math.prod(grid)
-        text_len = sum(e.max_length for e in cfg.text.encoders)
-        flops = flops_per_sample(self.model_args, seq_len, text_len)["total"]
         peak, peak_name = device_peak_tflops(
             torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None)
         if is_main:
-            logger.info("model %s: %.3fM parameters, %d tokens/sample, %.3g FLOPs/sample%s",
-                        cfg.model.name, sum(p.numel() for p in self.model.parameters()) / 1e6,
-                        seq_len, flops, f", MFU against {peak_name}" if peak_name else "")
+            logger.info("model %s: %.3fM parameters%s", cfg.model.name,
+                        sum(p.numel() for p in self.model.parameters()) / 1e6,
+                        f", MFU against {peak_name}" if peak_name else "")
         bar = ProgressBar(cfg.train.steps, self.step, enabled=is_main and cfg.train.progress_bar)
         history = {"val_loss": []}
         if self.step == 0:
@@ -244,7 +243,7 @@ class Trainer:
             history["val_loss"].append((0, v))
             writer.write({"step": 0, "val_loss": v})
         window = {"loss": [], "grad_norm": [], "time": 0.0, "wait": 0.0, "fwd_bwd": 0.0,
-                  "optim": 0.0, "n": 0}
+                  "optim": 0.0, "n": 0, "tokens": 0.0, "flops": 0.0}
         while self.step < cfg.train.steps:
             t_start = time.perf_counter()
             batch = next(self.train_data)
@@ -258,18 +257,22 @@ class Trainer:
             window["optim"] += out["optim_s"]
             window["time"] += time.perf_counter() - t_start
             window["n"] += 1
+            tokens, flops = self.sample_cost(self.last_batch_shape)
+            window["tokens"] += tokens * self.last_batch_shape[0]
+            window["flops"] += flops * self.last_batch_shape[0]
             if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
                 n = window["n"]
                 loss = self.parallel.mean_over_dp(  # the one sync per log
                     torch.stack(window["loss"]).mean()).item()
                 step_time = window["time"] / n
-                samples_per_s = cfg.data.batch_size * self.dp_size / step_time
-                tflops = flops * samples_per_s / self.world_size / 1e12
+                # every DP rank runs a batch like this one; per device = / world size
+                tflops = window["flops"] * self.dp_size / window["time"] / self.world_size / 1e12
                 row = {"step": self.step, "loss": loss,
                        "lr": self.scheduler.get_last_lr()[0],
                        "grad_norm": torch.stack(window["grad_norm"]).mean().item(),
                        "step_time_s": step_time,
-                       "tokens_per_s": seq_len * samples_per_s / self.world_size,
+                       "tokens_per_s": window["tokens"] * self.dp_size / window["time"]
+                       / self.world_size,
                        "tflops_per_device": tflops,
                        "mfu": tflops / peak if peak else None,
                        "max_mem_gb": max_memory_gb(self.device),

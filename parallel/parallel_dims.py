@@ -148,13 +148,9 @@ class NamedMeshes:
 
 def data_buckets(cfg) -> list[tuple[str, int, int, int]]:
     """The latent shapes (name, T', H', W') the data config can produce."""
-    d = cfg.data
-    if d.kind == "synthetic_latents":
-        return [("synthetic_latents", d.latent_frames, d.latent_height, d.latent_width)]
-    buckets = getattr(d, "buckets", None)  # the video loader's config, when it lands
-    if buckets:
-        return [(b.name, b.latent_frames, b.latent_height, b.latent_width) for b in buckets]
-    return []
+    from moviegen.data_sources import latent_grids
+
+    return latent_grids(cfg)
 
 
 def validate_layout(cfg, world_size: int, model_args=None) -> ParallelDims:
