@@ -169,7 +169,11 @@ class Trainer:
             x1 = batch["latents"].to(self.device, non_blocking=True)
         else:  # pixels from video files: encode with the frozen TAE (or random patches)
             x1 = self.pixel_encoder.encode(batch["video"].to(self.device, non_blocking=True))
-        embeds, masks = self.text_encoders.encode(batch["captions"])
+        if "text_embeds" in batch:  # precomputed by python -m moviegen.precompute
+            embeds = {k: v.to(self.device) for k, v in batch["text_embeds"].items()}
+            masks = {k: v.to(self.device) for k, v in batch["text_masks"].items()}
+        else:
+            embeds, masks = self.text_encoders.encode(batch["captions"])
         if drop_text:
             masks = drop_captions(masks, self.cfg.text.caption_dropout, generator)
         t = sample_t(x1.shape[0], generator=generator).to(self.device)
