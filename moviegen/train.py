@@ -7,7 +7,14 @@ All fields and their meaning:
     python -m moviegen.train --help
 
 Outputs in ``output_dir``: metrics.jsonl (one row per logged step, design.md's fields),
-``final/`` (consolidated weights + config, read by ``python -m moviegen.sample``).
+tensorboard/, checkpoints/ (``step_N`` directories and a ``latest`` pointer), ``final/``
+(consolidated weights + config, read by ``python -m moviegen.sample``).
+
+Resume and preemption: running again with the same ``output_dir`` resumes from
+``checkpoints/latest`` and stops at ``train.steps``. SIGTERM or SIGUSR1 makes every rank
+finish its step, save a checkpoint, write ``<output_dir>/preempted`` and exit 0.
+A non-finite loss or gradient norm skips that update; ``checkpoint.max_consecutive_nonfinite``
+in a row stop the run (exit 1) naming the steps.
 
 The step keeps no host synchronisation: losses and norms stay on the device and are
 read only every ``train.log_every`` steps.
@@ -23,12 +30,16 @@ import time
 
 import torch
 
-from moviegen.config import ConfigError, JobConfig, load_config, parse_cli
+from moviegen.checkpoint import (CheckpointManager, capture_rng_state, full_model_state_dict,
+                                 latest_checkpoint, restore_rng_state)
+from moviegen.config import ConfigError, JobConfig, load_config, parse_cli, to_dict
+from moviegen.ema import EMA
 from moviegen.export import export_inference
+from moviegen.fault import NonFiniteError, NonFiniteGuard, StopRequest, agree_on_flags
 from moviegen.flow import flow_matching_loss, interpolate, sample_t, target_velocity
 from moviegen.flops import device_peak_tflops, flops_per_sample
 from moviegen.latent_synthetic import SyntheticLatentDataset, SyntheticLatentLoader
-from moviegen.metrics import MetricsWriter, ProgressBar, max_memory_gb
+from moviegen.metrics import MetricsWriter, ProgressBar, StepProfiler, max_memory_gb
 from moviegen.model import (MovieGenTransformer, adapt_stage_state_dict, build_model,
                             resolve_model_args)
 from moviegen.text_encoders import TextEncoders, drop_captions
@@ -117,6 +128,52 @@ class Trainer:
         self.val_data = build_data(cfg, self.dp_rank, self.dp_size, "val")
         self.step = 0
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed + 17)
+        self.stop: StopRequest | None = None
+        self._setup_checkpointing()
+
+    # -- checkpoints --------------------------------------------------------
+    def _setup_checkpointing(self) -> None:
+        c = self.cfg.checkpoint
+        self.ema = EMA(self.model, c.ema_decay) if c.ema_decay > 0 else None
+        self.nonfinite = NonFiniteGuard(c.max_consecutive_nonfinite)
+        self.ckpt = CheckpointManager(os.path.join(self.cfg.output_dir, "checkpoints"),
+                                      keep_last=c.keep_last, async_save=c.async_save)
+        self.resumed_from = None
+        path = c.resume_from or (latest_checkpoint(self.ckpt.root) if c.resume else None)
+        if path is not None:
+            self.load_checkpoint(path)
+
+    def rank_state(self) -> dict:
+        """What this rank needs, besides weights and optimizer, to continue exactly."""
+        return {"step": self.step, "scheduler": self.scheduler.state_dict(),
+                "data": self.train_data.state_dict(),
+                "rng": capture_rng_state({"train": self.gen}),
+                "nonfinite": self.nonfinite.state_dict(),
+                "dp_rank": self.dp_rank, "dp_size": self.dp_size}
+
+    def save_checkpoint(self) -> str:
+        return self.ckpt.save(self.step, self.model, self.optimizer, self.rank_state(),
+                              ema=self.ema, meta={"parallel": to_dict(self.cfg.parallel),
+                                                  "model": self.cfg.model.name})
+
+    def load_checkpoint(self, path: str) -> None:
+        state = self.ckpt.load(path, self.model, self.optimizer, ema=self.ema)
+        self.step = int(state["step"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.nonfinite.load_state_dict(state["nonfinite"])
+        same_layout = (not state["layout_changed"] and state["dp_rank"] == self.dp_rank
+                       and state["dp_size"] == self.dp_size)
+        self.train_data.load_state_dict(state["data"])
+        if same_layout:
+            restore_rng_state(state["rng"], {"train": self.gen})
+        else:  # another layout: the weights are exact, the noise and data streams restart
+            self.gen.manual_seed(self.cfg.train.seed + 17 + 1_000_003 * self.step + self.dp_rank)
+            if self.rank == 0:
+                logger.warning("%s was written with another layout: weights, optimizer and "
+                               "step are restored; noise and data order restart", path)
+        self.resumed_from = path
+        if self.rank == 0:
+            logger.info("resumed from %s at step %d", path, self.step)
 
     def _init_from(self, directory: str) -> None:
         from safetensors.torch import load_file
@@ -155,11 +212,23 @@ class Trainer:
         clip = self.cfg.train.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                    clip if clip > 0 else float("inf"))
-        self.optimizer.step()
+        if hasattr(grad_norm, "full_tensor"):  # DTensor parameters give a DTensor norm
+            grad_norm = grad_norm.full_tensor()
+        loss, grad_norm = loss.detach(), grad_norm.detach()
+        # The one host sync of a step: skip on any rank's non-finite value, stop on any
+        # rank's signal (all ranks must take the same branch).
+        stop_flag = self.stop.requested if self.stop is not None else False
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        skipped, stop = agree_on_flags(torch.stack([bad, torch.tensor(stop_flag,
+                                                                       device=bad.device)]))
+        if not skipped:
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         t2 = time.perf_counter()
-        return {"loss": loss.detach(), "grad_norm": grad_norm.detach(),
+        return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "stop": stop,
                 "fwd_bwd_s": t1 - t0, "optim_s": t2 - t1}
 
     @torch.no_grad()
@@ -177,9 +246,27 @@ class Trainer:
 
     # -- loop ---------------------------------------------------------------
     def fit(self) -> dict:
+        """Trains to train.steps (or until a preemption signal), then saves and exports."""
+        self.stop = StopRequest()
+        try:
+            return self._fit()
+        finally:
+            self.stop.close()
+            self.stop = None
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         is_main = self.rank == 0
-        writer = MetricsWriter(cfg.output_dir, enabled=is_main)
+        marker = os.path.join(cfg.output_dir, "preempted")
+        if is_main and os.path.exists(marker):
+            os.remove(marker)
+        writer = MetricsWriter(cfg.output_dir, enabled=is_main,
+                               tensorboard=cfg.metrics.tensorboard,
+                               wandb_project=cfg.metrics.wandb_project if cfg.metrics.wandb
+                               else None, run_config=to_dict(cfg),
+                               resume_step=self.step if self.resumed_from else None)
+        profiler = StepProfiler(cfg.metrics.profile_steps, cfg.output_dir, self.rank,
+                                self.device)
         shape = (cfg.data.latent_frames, cfg.data.latent_height, cfg.data.latent_width)
         grid = self.model.patch_grid((cfg.model.in_channels, *shape))
         seq_len = math.prod(grid)
@@ -192,8 +279,9 @@ class Trainer:
                         cfg.model.name, sum(p.numel() for p in self.model.parameters()) / 1e6,
                         seq_len, flops, f", MFU against {peak_name}" if peak_name else "")
         bar = ProgressBar(cfg.train.steps, self.step, enabled=is_main and cfg.train.progress_bar)
-        history = {"val_loss": []}
-        if self.step == 0:
+        history = {"val_loss": [], "preempted": False, "resumed_from": self.resumed_from}
+        last_saved = self.step if self.resumed_from else None
+        if self.step == 0 and cfg.train.steps > 0:
             v = self.validate()
             history["val_loss"].append((0, v))
             writer.write({"step": 0, "val_loss": v})
@@ -201,26 +289,33 @@ class Trainer:
                   "optim": 0.0, "n": 0}
         while self.step < cfg.train.steps:
             t_start = time.perf_counter()
+            profiler.start(self.step + 1)
             batch = next(self.train_data)
             t_data = time.perf_counter()
             out = self.train_step(batch)
             self.step += 1
-            window["loss"].append(out["loss"])
-            window["grad_norm"].append(out["grad_norm"])
+            profiler.stop(self.step)
+            self.nonfinite.record(self.step, out["skipped"])
+            if not out["skipped"]:  # a skipped step's NaN would poison the window mean
+                window["loss"].append(out["loss"])
+                window["grad_norm"].append(out["grad_norm"])
             window["wait"] += t_data - t_start
             window["fwd_bwd"] += out["fwd_bwd_s"]
             window["optim"] += out["optim_s"]
             window["time"] += time.perf_counter() - t_start
             window["n"] += 1
-            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps \
+                    or out["stop"]:
                 n = window["n"]
-                loss = torch.stack(window["loss"]).mean().item()  # the one sync per log
+                losses = window["loss"] or [torch.tensor(float("nan"))]
+                loss = torch.stack(losses).mean().item()  # the one sync per log
                 step_time = window["time"] / n
                 samples_per_s = cfg.data.batch_size * self.dp_size / step_time
                 tflops = flops * samples_per_s / self.world_size / 1e12
                 row = {"step": self.step, "loss": loss,
                        "lr": self.scheduler.get_last_lr()[0],
-                       "grad_norm": torch.stack(window["grad_norm"]).mean().item(),
+                       "grad_norm": torch.stack(window["grad_norm"] or
+                                                [torch.tensor(float("nan"))]).mean().item(),
                        "step_time_s": step_time,
                        "tokens_per_s": seq_len * samples_per_s / self.world_size,
                        "tflops_per_device": tflops,
@@ -228,11 +323,26 @@ class Trainer:
                        "max_mem_gb": max_memory_gb(self.device),
                        "data_wait_s": window["wait"] / n,
                        "fwd_bwd_s": window["fwd_bwd"] / n,
-                       "optimizer_s": window["optim"] / n}
+                       "optimizer_s": window["optim"] / n,
+                       "skipped_steps": self.nonfinite.skipped_total,
+                       "skipped_files": self._skipped_files()}
                 writer.write(row)
                 bar.update(n, loss=f"{loss:.4f}")
                 window = {k: ([] if isinstance(v, list) else 0.0 if isinstance(v, float) else 0)
                           for k, v in window.items()}
+            if out["stop"]:
+                self.save_checkpoint()
+                self.ckpt.wait()
+                if is_main:
+                    with open(marker, "w") as f:
+                        f.write(f"{self.step}\n")
+                    logger.info("preempted: checkpoint at step %d saved, exiting", self.step)
+                history["preempted"] = True
+                break
+            every = cfg.checkpoint.every_steps
+            if every > 0 and self.step % every == 0 and self.step < cfg.train.steps:
+                self.save_checkpoint()
+                last_saved = self.step
             if self.step % cfg.train.val_every == 0 or self.step == cfg.train.steps:
                 v = self.validate()
                 history["val_loss"].append((self.step, v))
@@ -241,10 +351,26 @@ class Trainer:
                     logger.info("step %d: val_loss %.4f", self.step, v)
         bar.close()
         writer.close()
-        if is_main:
-            export_inference(os.path.join(cfg.output_dir, "final"), self.model.state_dict(),
-                             cfg, self.text_encoders)
+        if history["preempted"]:
+            return history
+        if last_saved != self.step:
+            self.save_checkpoint()
+        self.ckpt.wait()
+        self.export()
         return history
+
+    def export(self) -> None:
+        """Consolidated weights (and EMA) in <output_dir>/final; collective on all ranks."""
+        is_main = self.rank == 0
+        state = full_model_state_dict(self.model)
+        ema_state = self.ema.full_state_dict(self.model, is_main) if self.ema else None
+        if is_main:
+            export_inference(os.path.join(self.cfg.output_dir, "final"), state, self.cfg,
+                             self.text_encoders, ema_state_dict=ema_state)
+
+    def _skipped_files(self) -> int:
+        stats = getattr(self.train_data, "stats", None)
+        return int(stats().get("skipped_files", 0)) if stats else 0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -257,9 +383,19 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2)
     trainer = Trainer(cfg)
-    history = trainer.fit()
-    (s0, v0), (s1, v1) = history["val_loss"][0], history["val_loss"][-1]
-    print(f"validation loss: step {s0} {v0:.4f} -> step {s1} {v1:.4f}")
+    try:
+        history = trainer.fit()
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1)
+    if history["preempted"]:
+        print(f"preempted at step {trainer.step}: checkpoint saved; run the same command "
+              f"again to resume")
+    elif history["val_loss"]:
+        (s0, v0), (s1, v1) = history["val_loss"][0], history["val_loss"][-1]
+        print(f"validation loss: step {s0} {v0:.4f} -> step {s1} {v1:.4f}")
+    else:
+        print(f"already at train.steps={cfg.train.steps}: nothing to train")
     return history
 
 
