@@ -264,10 +264,14 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-# DCP warns on every single-process call that it "assumes" no process group; we pass
-# no_dist explicitly, so the warning says nothing.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or "
-                        "uninitialized", category=UserWarning)
+def _quiet_single_process():
+    """DCP warns on every single-process call that it assumes no process group; we pass
+    no_dist explicitly, so the warning says nothing."""
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled",
+                            category=UserWarning)
+    return ctx
 
 
 def _barrier() -> None:
@@ -314,18 +318,25 @@ class CheckpointManager:
         torch.save(rank_state, os.path.join(tmp, "train_state", _rank_state_name(self.rank)))
         state = self._app_state(model, optimizer, ema)
         writer = FileSystemWriter(tmp, sync_files=True)
+        quiet = _quiet_single_process()
+        try:
+            self._write(state, writer, tmp, step)
+        finally:
+            quiet.__exit__(None, None, None)
+        return os.path.join(self.root, name)
+
+    def _write(self, state, writer, tmp: str, step: int) -> None:
         if self.async_save:
             fut = dcp.async_save(state, storage_writer=writer,
                                  process_group=self._get_async_group(),
                                  no_dist=not _distributed())
             self._pending = (fut, tmp, step)
-            logger.info("checkpoint %s: writing in the background", name)
+            logger.info("checkpoint step %d: writing in the background", step)
         else:
             dcp.save(state, storage_writer=writer, no_dist=not _distributed())
             _barrier()  # every rank's train_state file is closed too
             self._commit(tmp, step)
             _barrier()
-        return os.path.join(self.root, name)
 
     def wait(self) -> None:
         """Finishes a pending async save (collective) and commits it."""
@@ -391,8 +402,12 @@ class CheckpointManager:
         keys = set(metadata.state_dict_metadata)
         has_ema = any(k.startswith("ema.") for k in keys)
         state = self._app_state(model, optimizer, ema if has_ema else None)
-        dcp.load(state, storage_reader=SafeFileSystemReader(path),
-                 planner=WeightsOnlyLoadPlanner(), no_dist=not _distributed())
+        quiet = _quiet_single_process()
+        try:
+            dcp.load(state, storage_reader=SafeFileSystemReader(path),
+                     planner=WeightsOnlyLoadPlanner(), no_dist=not _distributed())
+        finally:
+            quiet.__exit__(None, None, None)
         set_state_dict(model, optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optim"])
         if ema is not None:
