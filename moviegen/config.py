@@ -162,6 +162,29 @@ class ParallelConfig:
     """Context parallel degree: the token sequence is split across these ranks."""
     tp: int = 1
     """Tensor parallel degree (with sequence parallel for the replicated parts)."""
+    reshard_after_forward: bool = True
+    """FSDP: free each block's gathered parameters after its forward (all-gather again in
+    backward; less memory, more communication)."""
+    ac: str = "none"
+    """Activation checkpointing per block: none, full, or selective (save matmul and
+    attention outputs, recompute norms/elementwise/all-gathers)."""
+    compile: bool = False
+    """torch.compile each transformer block."""
+    param_dtype: str = "auto"
+    """FSDP compute dtype of gathered parameters: auto (bf16 on CUDA, fp32 on CPU), bf16,
+    fp32."""
+    reduce_dtype: str = "fp32"
+    """FSDP gradient reduction dtype: fp32 or bf16."""
+
+    def __post_init__(self):
+        if self.ac not in ("none", "full", "selective"):
+            raise ConfigError(f"parallel.ac: '{self.ac}' is not one of none, full, selective")
+        if self.param_dtype not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"parallel.param_dtype: '{self.param_dtype}' is not one of "
+                              f"auto, bf16, fp32")
+        if self.reduce_dtype not in ("fp32", "bf16"):
+            raise ConfigError(f"parallel.reduce_dtype: '{self.reduce_dtype}' is not one of "
+                              f"fp32, bf16")
 
 
 @dataclass

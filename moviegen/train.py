@@ -6,6 +6,13 @@ Single process (the tiny CPU demo):
 All fields and their meaning:
     python -m moviegen.train --help
 
+Several processes (any valid layout; NCCL on GPUs, gloo on CPU):
+    torchrun --nproc_per_node=8 -m moviegen.train --config launch/configs/tiny.yaml \
+        --parallel.dp_shard=2 --parallel.cp=2 --parallel.tp=2
+The layout is checked against the world size, the model and the data shapes before the
+process group starts (the same error on every rank), then logged by rank 0. Ranks of one
+CP x TP group read the same samples; only data-parallel ranks differ.
+
 Outputs in ``output_dir``: metrics.jsonl (one row per logged step, design.md's fields),
 tensorboard/, checkpoints/ (``step_N`` directories and a ``latest`` pointer), ``final/``
 (consolidated weights + config, read by ``python -m moviegen.sample``).
@@ -16,8 +23,9 @@ finish its step, save a checkpoint, write ``<output_dir>/preempted`` and exit 0.
 A non-finite loss or gradient norm skips that update; ``checkpoint.max_consecutive_nonfinite``
 in a row stop the run (exit 1) naming the steps.
 
-The step keeps no host synchronisation: losses and norms stay on the device and are
-read only every ``train.log_every`` steps.
+Host synchronisation: one per step, a 2-element all-reduce (non-finite? stop signal?)
+that every rank must agree on before the optimizer step; losses and norms stay on the
+device and are read only every ``train.log_every`` steps.
 """
 from __future__ import annotations
 
@@ -40,9 +48,11 @@ from moviegen.flow import flow_matching_loss, interpolate, sample_t, target_velo
 from moviegen.flops import device_peak_tflops, flops_per_sample
 from moviegen.latent_synthetic import SyntheticLatentDataset, SyntheticLatentLoader
 from moviegen.metrics import MetricsWriter, ProgressBar, StepProfiler, max_memory_gb
-from moviegen.model import (MovieGenTransformer, adapt_stage_state_dict, build_model,
-                            resolve_model_args)
+from moviegen.model import MovieGenTransformer, adapt_stage_state_dict, resolve_model_args
 from moviegen.text_encoders import TextEncoders, drop_captions
+from parallel.parallel_dims import validate_layout
+from parallel.parallelize import (Parallelized, clip_grad_norm_, load_full_state_dict,
+                                  parallelize)
 
 logger = logging.getLogger("moviegen.train")
 
@@ -78,14 +88,20 @@ def lr_lambda(cfg: JobConfig):
 
 
 def build_optimizer(model: torch.nn.Module, cfg: JobConfig, device: torch.device):
-    decay, no_decay = [], []
+    # One group per (weight decay, device mesh): sharded parameters live on different
+    # meshes (FSDP only, or FSDP x TP), and a fused/foreach step works within one mesh.
+    groups: dict = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         # norms, position tables and modulation tables are not decayed
-        (no_decay if p.ndim < 2 or "pos_embed" in name or "modulation" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (p.ndim < 2 or "pos_embed" in name or "modulation" in name)
+        mesh = getattr(p, "device_mesh", None)
+        key = (decays, None if mesh is None else (tuple(mesh.mesh_dim_names or ()),
+                                                  tuple(mesh.mesh.flatten().tolist())))
+        groups.setdefault(key, {"params": [], "weight_decay":
+                                cfg.train.weight_decay if decays else 0.0})["params"].append(p)
+    groups = list(groups.values())
     kwargs = dict(lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
     if device.type == "cuda":
         kwargs["fused"] = True
@@ -107,27 +123,58 @@ def build_data(cfg: JobConfig, dp_rank: int, dp_size: int, split: str):
     raise ConfigError(f"data.kind: '{d.kind}' is not a known data source")
 
 
+def init_distributed(cfg: JobConfig, device: torch.device):
+    """(ParallelDims, meshes or None). Validates the layout BEFORE the process group exists
+    (a pure function of config and WORLD_SIZE: every rank raises the same ConfigError)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    dims = validate_layout(cfg, world_size)
+    if world_size == 1:
+        return dims, None
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dims, dims.build_mesh(device.type)
+
+
 class Trainer:
     """Holds the model, optimiser and data of one run; ``fit()`` runs it to train.steps."""
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
         self.device = pick_device(cfg.train.device)
-        self.rank, self.world_size = 0, 1
-        self.dp_rank, self.dp_size = 0, 1
+        self.dims, mesh = init_distributed(cfg, self.device)
+        self.rank = int(os.environ.get("RANK", "0")) if mesh is not None else 0
+        self.world_size = self.dims.world_size
         torch.manual_seed(cfg.train.seed)
 
         self.text_encoders = TextEncoders(cfg.text).to(self.device)
         self.model_args = resolve_model_args(cfg.model, self.text_encoders.out_dims)
-        self.model: MovieGenTransformer = build_model(self.model_args, self.device)
+        self.dims.validate_model(self.model_args)
+        # meta -> parallelize (TP, CP, AC, compile, FSDP) -> materialise -> init
+        with torch.device("meta"):
+            self.model: MovieGenTransformer = MovieGenTransformer(self.model_args)
+        self.parallel: Parallelized = parallelize(self.model, self.dims, mesh, cfg.parallel,
+                                                  self.device.type)
+        self.model.to_empty(device=self.device)
+        self.model.init_weights()
         self.model.set_kernel_backend(cfg.model.kernels, self.device)
+        self.dp_rank, self.dp_size = self.parallel.dp_rank, self.dims.dp
         if cfg.train.init_from:
             self._init_from(cfg.train.init_from)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.device)
         self.train_data = build_data(cfg, self.dp_rank, self.dp_size, "train")
         self.val_data = build_data(cfg, self.dp_rank, self.dp_size, "val")
         self.step = 0
-        self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed + 17)
+        # t, noise and caption dropout: shared by a CP x TP group, distinct per DP rank
+        self.gen = torch.Generator(device="cpu").manual_seed(
+            cfg.train.seed + 17 + 7919 * self.dp_rank)
+        if self.rank == 0:
+            logger.info("layout: %s on %s", self.dims.describe(), self.device.type)
+            if mesh is not None:
+                logger.info("mesh: %s", mesh.root)
         self.stop: StopRequest | None = None
         self._setup_checkpointing()
 
@@ -180,7 +227,7 @@ class Trainer:
 
         state = load_file(os.path.join(directory, "model.safetensors"), device=str(self.device))
         state = adapt_stage_state_dict(state, self.model, self.cfg.train.position_resize)
-        self.model.load_state_dict(state)
+        load_full_state_dict(self.model, state)
         logger.info("initialised from %s (position tables -> %s)", directory,
                     (self.model_args.max_t, self.model_args.max_h, self.model_args.max_w))
 
@@ -208,11 +255,11 @@ class Trainer:
         t0 = time.perf_counter()
         loss = self.forward_loss(*inputs)
         loss.backward()
+        self.parallel.finish_grads()  # TP: sum sequence-parallel partial grads
         t1 = time.perf_counter()
-        clip = self.cfg.train.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                   clip if clip > 0 else float("inf"))
-        if hasattr(grad_norm, "full_tensor"):  # DTensor parameters give a DTensor norm
+        # the true global norm over plain tensors and DTensors on every mesh
+        grad_norm = clip_grad_norm_(list(self.model.parameters()), self.cfg.train.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         loss, grad_norm = loss.detach(), grad_norm.detach()
         # The one host sync of a step: skip on any rank's non-finite value, stop on any
@@ -242,7 +289,7 @@ class Trainer:
             inputs = self.prepare_batch(next(data), gen, drop_text=False)
             total += self.forward_loss(*inputs)
             n += 1
-        return (total / max(n, 1)).item()
+        return self.parallel.mean_over_dp(total / max(n, 1)).item()
 
     # -- loop ---------------------------------------------------------------
     def fit(self) -> dict:
@@ -308,7 +355,8 @@ class Trainer:
                     or out["stop"]:
                 n = window["n"]
                 losses = window["loss"] or [torch.tensor(float("nan"))]
-                loss = torch.stack(losses).mean().item()  # the one sync per log
+                loss = self.parallel.mean_over_dp(  # the one sync per log
+                    torch.stack(losses).mean()).item()
                 step_time = window["time"] / n
                 samples_per_s = cfg.data.batch_size * self.dp_size / step_time
                 tflops = flops * samples_per_s / self.world_size / 1e12
@@ -357,11 +405,15 @@ class Trainer:
             self.save_checkpoint()
         self.ckpt.wait()
         self.export()
+        if self.world_size > 1:
+            torch.distributed.barrier()
         return history
 
     def export(self) -> None:
         """Consolidated weights (and EMA) in <output_dir>/final; collective on all ranks."""
         is_main = self.rank == 0
+        # Gathered one tensor at a time into rank 0's CPU memory (at 30B a full copy on
+        # every GPU would not fit); a collective when sharded.
         state = full_model_state_dict(self.model)
         ema_state = self.ema.full_state_dict(self.model, is_main) if self.ema else None
         if is_main:
@@ -374,27 +426,31 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        stream=sys.stdout)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     try:
         path, overrides = parse_cli(argv, __doc__)
         cfg = load_config(path, overrides)
+        trainer = Trainer(cfg)  # checks the layout before any process group exists
     except ConfigError as e:  # before anything starts
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    trainer = Trainer(cfg)
     try:
         history = trainer.fit()
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1)
-    if history["preempted"]:
+    finally:
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if rank == 0 and history["preempted"]:
         print(f"preempted at step {trainer.step}: checkpoint saved; run the same command "
               f"again to resume")
-    elif history["val_loss"]:
+    elif rank == 0 and history["val_loss"]:
         (s0, v0), (s1, v1) = history["val_loss"][0], history["val_loss"][-1]
         print(f"validation loss: step {s0} {v0:.4f} -> step {s1} {v1:.4f}")
-    else:
+    elif rank == 0:
         print(f"already at train.steps={cfg.train.steps}: nothing to train")
     return history
 

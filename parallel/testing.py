@@ -1,0 +1,253 @@
+"""Multi-process equivalence checks: a parallel layout vs the one-process run (gloo, CPU).
+
+``spawn(fn, world_size, timeout_s, *args)`` starts ``world_size`` processes that each
+run ``fn(rank, world_size, *args)`` with a gloo rendezvous prepared in the environment;
+it returns each rank's return value (or raises with every rank's traceback). A rank that
+does not finish within the timeout is killed: a hang fails fast.
+
+``check_layouts`` runs several layouts in one process group (one spawn per world size):
+each rank builds the tiny fp32 model, the one-process reference of the same step on the
+full batch, and the parallel model loaded with the same weights; then it compares the
+loss (rel 1e-5), every gradient after ``full_tensor()`` and the parameters after three
+AdamW steps.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import tempfile
+import traceback
+
+import torch
+
+# --------------------------------------------------------------------------- spawning
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(fn, rank, world_size, port, out_path, args):
+    import pickle
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    try:
+        result = ("ok", fn(rank, world_size, *args))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        result = ("error", f"rank {rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+    with open(out_path, "wb") as f:
+        pickle.dump(result, f)
+
+
+def spawn(fn, world_size: int, timeout_s: float, *args) -> list:
+    import pickle
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    tmp = tempfile.mkdtemp(prefix="moviegen-spawn-")
+    paths = [os.path.join(tmp, f"rank{r}.pkl") for r in range(world_size)]
+    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, paths[r], args))
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        p.join(max(deadline - time.monotonic(), 0.1))
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for r in hung:
+        procs[r].kill()
+        procs[r].join(5)
+    results, errors = [], []
+    for r, path in enumerate(paths):
+        if not os.path.exists(path):
+            errors.append(f"rank {r}: no result ({'killed after timeout' if r in hung else f'exit code {procs[r].exitcode}'})")
+            results.append(None)
+            continue
+        with open(path, "rb") as f:
+            status, value = pickle.load(f)
+        (results if status == "ok" else errors).append(value)
+    if hung:
+        errors.insert(0, f"ranks {hung} still running after {timeout_s:.0f}s (hang?)")
+    if errors:
+        raise RuntimeError("\n".join(str(e) for e in errors))
+    return results
+
+
+# --------------------------------------------------------------------------- the tiny step
+TEXT_LEN = 8
+
+
+def tiny_args():
+    from moviegen.model import ModelArgs
+    return ModelArgs(dim=64, n_layers=2, n_heads=4, ffn_dim=128, max_t=8, max_h=16,
+                     max_w=16, text_dims={"byt5": 32}, time_freq_dim=64)
+
+
+def reference_state(args, seed: int = 0) -> dict:
+    """Initial weights with the zero-initialised gates / final layer perturbed, so every
+    parameter gets a non-trivial gradient."""
+    from moviegen.model import build_model
+    torch.manual_seed(seed)
+    model = build_model(args, "cpu")
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if (name.endswith("to_modulation.weight") or name.startswith("final_layer.proj")
+                    or name.endswith(".modulation")):
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def make_batch(kind: str, batch: int, seed: int):
+    """(x_t, t, target, embeds, masks) for a fixed global batch.
+
+    kind "video": latent [16, 4, 8, 12] (grid 4 x 4 x 6 = 96 tokens, not square);
+    kind "image": latent [16, 1, 8, 12] (one frame, 24 tokens).
+    Text masks: all real, padded, fully dropped (caption dropout), padded.
+    """
+    from moviegen.flow import interpolate, sample_t, target_velocity
+    g = torch.Generator().manual_seed(seed)
+    T = 4 if kind == "video" else 1
+    x1 = torch.randn(batch, 16, T, 8, 12, generator=g)
+    x0 = torch.randn(x1.shape, generator=g)
+    t = sample_t(batch, generator=g)
+    embeds = {"byt5": torch.randn(batch, TEXT_LEN, 32, generator=g)}
+    lengths = [TEXT_LEN, 5, 0, 3]
+    mask = torch.zeros(batch, TEXT_LEN, dtype=torch.bool)
+    for i in range(batch):
+        mask[i, :lengths[i % 4]] = True
+    return (interpolate(x0, x1, t, 1e-5), t, target_velocity(x0, x1, 1e-5), embeds,
+            {"byt5": mask})
+
+
+def _slice_batch(inputs, start, n):
+    x_t, t, target, embeds, masks = inputs
+    sl = slice(start, start + n)
+    return (x_t[sl], t[sl], target[sl], {k: v[sl] for k, v in embeds.items()},
+            {k: v[sl] for k, v in masks.items()})
+
+
+def loss_of(model, inputs):
+    from moviegen.flow import flow_matching_loss
+    x_t, t, target, embeds, masks = inputs
+    sum_sq, count = flow_matching_loss(model(x_t, t, embeds, masks), target)
+    return sum_sq / count
+
+
+STEPS = (("video", 4, 11), ("image", 4, 12), ("video", 4, 13))
+
+
+def run_reference(args, state):
+    """Losses, gradients (per step) and final parameters of the one-process run."""
+    from moviegen.model import MovieGenTransformer
+    with torch.device("meta"):
+        model = MovieGenTransformer(args)
+    model.to_empty(device="cpu")
+    model.load_state_dict(state)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    losses, grads = [], []
+    for kind, batch, seed in STEPS:
+        loss = loss_of(model, make_batch(kind, batch, seed))
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        losses.append((loss.item(), norm.item()))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return losses, grads, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def run_parallel(args, state, layout: dict, ac: str = "none"):
+    from types import SimpleNamespace
+
+    from moviegen.model import MovieGenTransformer
+    from parallel.parallel_dims import ParallelDims
+    from parallel.parallelize import clip_grad_norm_, load_full_state_dict, parallelize
+    from parallel.tensor_parallel import canonical_name
+    from torch.distributed.tensor import DTensor
+
+    cfg = SimpleNamespace(dp_replicate=layout.get("dp_replicate", 1),
+                          dp_shard=layout.get("dp_shard", 1), cp=layout.get("cp", 1),
+                          tp=layout.get("tp", 1), ac=ac, compile=False, param_dtype="fp32",
+                          reduce_dtype="fp32", reshard_after_forward=True)
+    world = torch.distributed.get_world_size()
+    dims = ParallelDims.from_config(cfg, world)
+    mesh = dims.build_mesh("cpu")
+    with torch.device("meta"):
+        model = MovieGenTransformer(args)
+    par = parallelize(model, dims, mesh, cfg, device_type="cpu")
+    model.to_empty(device="cpu")
+    load_full_state_dict(model, state)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    dp_rank, dp = par.dp_rank, dims.dp
+    losses, grads = [], []
+    for kind, batch, seed in STEPS:
+        inputs = make_batch(kind, batch, seed)
+        local = _slice_batch(inputs, dp_rank * (batch // dp), batch // dp)
+        loss = loss_of(model, local)
+        loss.backward()
+        par.finish_grads()
+        norm = clip_grad_norm_(list(model.parameters()), 1.0)
+        losses.append((par.mean_over_dp(loss).item(), norm.item()))
+        grads.append({canonical_name(n): (p.grad.full_tensor() if isinstance(p.grad, DTensor)
+                                          else p.grad).clone()
+                      for n, p in model.named_parameters()})
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    params = {canonical_name(n): (p.full_tensor() if isinstance(p, DTensor) else p).detach()
+              for n, p in model.named_parameters()}
+    return losses, grads, params
+
+
+def compare(ref, got, what: str) -> list[str]:
+    """Human-readable mismatches (empty when equal)."""
+    problems = []
+    (ref_losses, ref_grads, ref_params), (losses, grads, params) = ref, got
+    for i, ((rl, rn), (l, n)) in enumerate(zip(ref_losses, losses)):
+        if not math.isclose(rl, l, rel_tol=1e-5):
+            problems.append(f"{what} step {i}: loss {l!r} != reference {rl!r}")
+        if not math.isclose(rn, n, rel_tol=2e-5):
+            problems.append(f"{what} step {i}: grad norm {n!r} != reference {rn!r}")
+    for i, (rg, g) in enumerate(zip(ref_grads, grads)):
+        if set(rg) != set(g):
+            problems.append(f"{what}: parameter names differ: {sorted(set(rg) ^ set(g))[:4]}")
+            continue
+        for name, r in rg.items():
+            if r.abs().max() == 0:
+                problems.append(f"{what} step {i}: reference gradient of {name} is all zero")
+            if not torch.allclose(g[name], r, rtol=1e-4, atol=1e-4 * float(r.abs().max()) + 1e-9):
+                err = float((g[name] - r).abs().max())
+                problems.append(f"{what} step {i}: grad {name} differs (max abs err {err:.3g}, "
+                                f"max ref {float(r.abs().max()):.3g})")
+    for name, r in ref_params.items():
+        if not torch.allclose(params[name], r, rtol=1e-4, atol=1e-5):
+            err = float((params[name] - r).abs().max())
+            problems.append(f"{what}: parameter {name} after 3 steps differs (max err {err:.3g})")
+    return problems
+
+
+def check_layouts(rank: int, world_size: int, layouts: list[dict]) -> dict:
+    """Spawn target: every layout of this world size in one process group."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        args = tiny_args()
+        state = reference_state(args)
+        ref = run_reference(args, state)
+        report = {}
+        for layout in layouts:
+            name = " x ".join(f"{k} {v}" for k, v in layout.items() if k != "ac")
+            got = run_parallel(args, state, {k: v for k, v in layout.items() if k != "ac"},
+                               ac=layout.get("ac", "none"))
+            report[name + (f" (ac {layout['ac']})" if "ac" in layout else "")] = {
+                "problems": compare(ref, got, name), "losses": got[0]}
+        return report
+    finally:
+        dist.destroy_process_group()
