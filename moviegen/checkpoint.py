@@ -433,11 +433,23 @@ class CheckpointManager:
 
     @staticmethod
     def _app_state(model, optimizer, ema) -> dict:
+        reshard_fsdp(model)
         model_sd, optim_sd = get_state_dict(model, optimizer, options=StateDictOptions())
         state = {"model": model_sd, "optim": optim_sd}
         if ema is not None:
             state["ema"] = ema.state_dict()
         return state
+
+
+def reshard_fsdp(model) -> None:
+    """Frees parameters FSDP2 left gathered. A no-grad forward (validation) leaves the
+    modules with reshard_after_forward=False (typically the last block) unsharded, and
+    their parameters are then not the optimizer's: get_state_dict would fail to map them."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 
 def full_model_state_dict(model) -> dict:
@@ -446,5 +458,6 @@ def full_model_state_dict(model) -> dict:
 
     if not _distributed():
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    reshard_fsdp(model)
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                 cpu_offload=True))
