@@ -32,6 +32,11 @@ if ! python -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # CPU: one thread per rank
 fi
 
+# torch 2.13's torchrun reuses one TCPStore across restarts with no per-attempt prefix:
+# restarted workers can read a dead peer's address and fail to connect (gloo
+# "connectFullMesh ... Connection refused"). Opting out gives every attempt its own store.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
+
 RDZV=(--standalone)
 if [[ -n "${MASTER_PORT:-}" ]]; then
     RDZV=(--rdzv-backend=c10d --rdzv-endpoint="127.0.0.1:${MASTER_PORT}" --nnodes=1)

@@ -186,6 +186,11 @@ class Trainer:
         self.ckpt = CheckpointManager(os.path.join(self.cfg.output_dir, "checkpoints"),
                                       keep_last=c.keep_last, async_save=c.async_save)
         self.resumed_from = None
+        if (self.rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+                and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0):
+            logger.warning("torchrun restarts share one TCPStore here and restarted workers "
+                           "can fail to connect; set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+                           "(launch/torchrun.sh and the sbatch script do)")
         path = c.resume_from or (latest_checkpoint(self.ckpt.root) if c.resume else None)
         if path is not None:
             self.load_checkpoint(path)
@@ -447,6 +452,9 @@ def main(argv: list[str] | None = None) -> dict:
     if rank == 0 and history["preempted"]:
         print(f"preempted at step {trainer.step}: checkpoint saved; run the same command "
               f"again to resume")
+    elif rank == 0 and len(history["val_loss"]) == 1:
+        (s1, v1), = history["val_loss"]
+        print(f"validation loss: step {s1} {v1:.4f} (resumed from {history['resumed_from']})")
     elif rank == 0 and history["val_loss"]:
         (s0, v0), (s1, v1) = history["val_loss"][0], history["val_loss"][-1]
         print(f"validation loss: step {s0} {v0:.4f} -> step {s1} {v1:.4f}")
