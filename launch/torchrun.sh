@@ -28,9 +28,8 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if [[ -z "${NPROC:-}" ]]; then
     NPROC=$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')
 fi
-if ! python -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # CPU: one thread per rank
-fi
+# One intra-op thread per rank unless asked otherwise (torchrun does the same for nproc > 1).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 # torch 2.13's torchrun reuses one TCPStore across restarts with no per-attempt prefix:
 # restarted workers can read a dead peer's address and fail to connect (gloo

@@ -1,8 +1,8 @@
 """Failures of multi-rank runs, on CPU with gloo:
 
-* kill one rank (SIGKILL) under ``torchrun --max-restarts=1``: torchrun restarts the
-  workers, they resume from the latest checkpoint, and the run ends with exactly the
-  losses and weights of an uninterrupted run;
+* kill one rank (SIGKILL) under ``launch/torchrun.sh`` (torchrun --max-restarts=1):
+  torchrun restarts the workers, they resume from the latest checkpoint, and the run ends
+  with exactly the losses and weights of an uninterrupted run;
 * SIGTERM to every rank (at different moments, as signals arrive): all ranks agree to
   stop after the same step, save one checkpoint, exit cleanly; the rerun resumes and
   reproduces the uninterrupted run.
@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -85,12 +84,9 @@ def _workers(agent_pid):
 @pytest.mark.timeout(240)
 def test_kill_a_rank_torchrun_restarts_and_matches(reference, tmp_path):
     d = str(tmp_path / "run")
-    # as launch/torchrun.sh sets it (see there): each restart gets its own TCPStore
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT,
-               TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={WORLD}", "--max-restarts=1", "--monitor-interval=0.5",
-           "-m", "moviegen.train", "--config", TINY, f"--output_dir={d}", *COMMON]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.update(NPROC=str(WORLD), MAX_RESTARTS="1")
+    cmd = [os.path.join(ROOT, "launch", "torchrun.sh"), TINY, f"--output_dir={d}", *COMMON]
     log = open(tmp_path / "torchrun.log", "w")
     agent = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     killed_at = None

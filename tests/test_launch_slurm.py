@@ -130,14 +130,14 @@ def test_sbatch_preempt_requeue_resume(cluster, tmp_path):
     env, d = cluster["env"], cluster["dir"]
     run_dir = str(tmp_path / "run")
     steps = 40
-    nproc = os.environ.get("MOVIEGEN_TEST_SLURM_NPROC", "1")
+    nproc = "2"  # two ranks: torchrun forwards SIGUSR1 to both, they must agree
     env = dict(env, NPROC_PER_NODE=nproc, RDZV_PORT=str(_free_port()), MAX_RESTARTS="0")
     jid = subprocess.run(
         ["sbatch", "--parsable", f"--chdir={d}", "--time=10",
          os.path.join(ROOT, "launch", "slurm", "train.sbatch"),
          os.path.join(ROOT, "launch", "configs", "tiny.yaml"), f"--output_dir={run_dir}",
          f"--train.steps={steps}", "--train.log_every=1", "--train.val_every=1000",
-         "--data.num_val=8", "--train.progress_bar=false"],
+         "--data.num_val=16", "--train.progress_bar=false", "--parallel.dp_shard=2"],
         env=env, check=True, capture_output=True, text=True).stdout.strip().split(";")[0]
     batch_log = d / f"slurm-moviegen-{jid}.out"
     node_log = os.path.join(run_dir, "logs", f"{jid}-node0.log")
@@ -164,7 +164,11 @@ def test_sbatch_preempt_requeue_resume(cluster, tmp_path):
     assert "received SIGUSR1" in node and "resumed from" in node, node[-3000:]
     preempted_at = int(batch.split("preempted at step ")[1].split(":")[0])
     assert 3 <= preempted_at < steps
-    assert f"resumed from {run_dir}/checkpoints/step_{preempted_at:08d}" in node
+    ckpt = os.path.join(run_dir, "checkpoints", f"step_{preempted_at:08d}")
+    assert f"resumed from {ckpt}" in node
+    # both ranks stopped after the same step and wrote their part of one checkpoint
+    assert sorted(os.listdir(os.path.join(ckpt, "train_state"))) == \
+        ["rank_00000.pt", "rank_00001.pt"]
     train_rows = [r for r in _rows(run_dir) if "loss" in r]
     assert [r["step"] for r in train_rows] == list(range(1, steps + 1))
     assert os.path.exists(os.path.join(run_dir, "final", "model.safetensors"))
