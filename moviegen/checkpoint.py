@@ -339,15 +339,22 @@ class CheckpointManager:
             _barrier()
 
     def wait(self) -> None:
-        """Finishes a pending async save (collective) and commits it."""
+        """Blocks until a pending async save is written, then commits it (rank 0).
+
+        No collective: rank 0's future completes only after DCP wrote the metadata, which
+        it does once every rank's shards are written, so rank 0 can commit on its own."""
         if self._pending is None:
             return
         fut, tmp, step = self._pending
         self._pending = None
         fut.result()
-        _barrier()
         self._commit(tmp, step)
-        _barrier()
+
+    def poll(self) -> None:
+        """Commits a finished async save without blocking (call once per step), so
+        ``latest`` moves as soon as the data is on disk, not at the next save."""
+        if self._pending is not None and self._pending[0].done():
+            self.wait()
 
     def close(self) -> None:
         self.wait()

@@ -69,6 +69,10 @@ class MetricsWriter:
                 import wandb
             except ImportError:
                 wandb = None
+                import logging
+
+                logging.getLogger("moviegen.metrics").warning(
+                    "metrics.wandb is on but the wandb package is not installed: skipped")
             if wandb is not None:
                 self._wandb = wandb.init(project=wandb_project, dir=output_dir,
                                          config=run_config, resume="allow",

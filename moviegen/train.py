@@ -346,6 +346,7 @@ class Trainer:
             t_data = time.perf_counter()
             out = self.train_step(batch)
             self.step += 1
+            self.ckpt.poll()
             profiler.stop(self.step)
             self.nonfinite.record(self.step, out["skipped"])
             if not out["skipped"]:  # a skipped step's NaN would poison the window mean
