@@ -204,7 +204,34 @@ class ParallelConfig:
 @dataclass
 class CheckpointConfig:
     every_steps: int = 0
-    """Save every this many steps (0: only at the end)."""
+    """Save every this many steps (0: only at the end, on preemption and at train.steps)."""
+    keep_last: int = 3
+    """Committed checkpoints kept under <output_dir>/checkpoints (0 keeps all)."""
+    async_save: bool = False
+    """Write checkpoints in a background thread (dcp.async_save) after staging to CPU."""
+    resume: bool = True
+    """Resume from <output_dir>/checkpoints/latest when it exists."""
+    resume_from: Optional[str] = None
+    """Load this checkpoint directory instead of latest (e.g. an older step_N after a
+    corrupt one); the run then continues from its step."""
+    ema_decay: float = 0.0
+    """EMA of the weights, saved with checkpoints and exported as ema.safetensors (0: off;
+    e.g. 0.9999)."""
+    max_consecutive_nonfinite: int = 5
+    """Stop after this many consecutive steps with a non-finite loss or gradient norm
+    (each one skips its update); 0 never stops."""
+
+
+@dataclass
+class MetricsConfig:
+    tensorboard: bool = True
+    """Write TensorBoard scalars to <output_dir>/tensorboard (rank 0)."""
+    wandb: bool = False
+    """Also log to Weights & Biases when the wandb package is installed."""
+    wandb_project: str = "moviegen"
+    """wandb project name."""
+    profile_steps: list[int] = field(default_factory=list)
+    """Steps to trace with torch.profiler (chrome traces in <output_dir>/profile)."""
 
 
 @dataclass
@@ -225,6 +252,8 @@ class JobConfig:
     """Device-mesh layout."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpointing."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """TensorBoard, wandb and profiler traces (metrics.jsonl is always written)."""
 
 
 # --------------------------------------------------------------------------- building
@@ -487,6 +516,20 @@ def validate_config(cfg: JobConfig) -> None:
            f"tp={p.tp} does not divide model heads {args.n_heads}")
     _check(args.ffn_dim % p.tp == 0, "parallel.tp",
            f"tp={p.tp} does not divide the FFN width {args.ffn_dim}")
+    c = cfg.checkpoint
+    _check(c.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
+    _check(c.keep_last >= 0, "checkpoint.keep_last", "must be >= 0")
+    _check(c.ema_decay == 0.0 or 0.0 < c.ema_decay < 1.0, "checkpoint.ema_decay",
+           "must be 0 (off) or in (0, 1)")
+    _check(c.max_consecutive_nonfinite >= 0, "checkpoint.max_consecutive_nonfinite",
+           "must be >= 0")
+    if c.resume_from is not None:
+        _check(os.path.isfile(os.path.join(c.resume_from, ".metadata")),
+               "checkpoint.resume_from",
+               f"'{c.resume_from}' is not a checkpoint directory (no .metadata; give "
+               f"<output_dir>/checkpoints/step_N)")
+    _check(all(s >= 1 for s in cfg.metrics.profile_steps), "metrics.profile_steps",
+           "steps are 1-based")
     for fn in _VALIDATORS:
         fn(cfg)
 

@@ -14,10 +14,18 @@ process group starts (the same error on every rank), then logged by rank 0. Rank
 CP x TP group read the same samples; only data-parallel ranks differ.
 
 Outputs in ``output_dir``: metrics.jsonl (one row per logged step, design.md's fields),
-``final/`` (consolidated weights + config, read by ``python -m moviegen.sample``).
+tensorboard/, checkpoints/ (``step_N`` directories and a ``latest`` pointer), ``final/``
+(consolidated weights + config, read by ``python -m moviegen.sample``).
 
-The step keeps no host synchronisation: losses and norms stay on the device and are
-read only every ``train.log_every`` steps.
+Resume and preemption: running again with the same ``output_dir`` resumes from
+``checkpoints/latest`` and stops at ``train.steps``. SIGTERM or SIGUSR1 makes every rank
+finish its step, save a checkpoint, write ``<output_dir>/preempted`` and exit 0.
+A non-finite loss or gradient norm skips that update; ``checkpoint.max_consecutive_nonfinite``
+in a row stop the run (exit 1) naming the steps.
+
+Host synchronisation: one per step, a 2-element all-reduce (non-finite? stop signal?)
+that every rank must agree on before the optimizer step; losses and norms stay on the
+device and are read only every ``train.log_every`` steps.
 """
 from __future__ import annotations
 
@@ -30,17 +38,21 @@ import time
 
 import torch
 
-from moviegen.config import ConfigError, JobConfig, load_config, parse_cli
+from moviegen.checkpoint import (CheckpointManager, capture_rng_state, full_model_state_dict,
+                                 latest_checkpoint, restore_rng_state)
+from moviegen.config import ConfigError, JobConfig, load_config, parse_cli, to_dict
+from moviegen.ema import EMA
 from moviegen.export import export_inference
+from moviegen.fault import NonFiniteError, NonFiniteGuard, StopRequest, agree_on_flags
 from moviegen.flow import flow_matching_loss, interpolate, sample_t, target_velocity
 from moviegen.flops import device_peak_tflops, flops_per_sample
 from moviegen.data_sources import build_data, build_pixel_encoder, num_batches
-from moviegen.metrics import MetricsWriter, ProgressBar, max_memory_gb
+from moviegen.metrics import MetricsWriter, ProgressBar, StepProfiler, max_memory_gb
 from moviegen.model import MovieGenTransformer, adapt_stage_state_dict, resolve_model_args
 from moviegen.text_encoders import TextEncoders, drop_captions
 from parallel.parallel_dims import validate_layout
-from parallel.parallelize import (Parallelized, clip_grad_norm_, full_state_dict,
-                                  load_full_state_dict, parallelize)
+from parallel.parallelize import (Parallelized, clip_grad_norm_, load_full_state_dict,
+                                  parallelize)
 
 logger = logging.getLogger("moviegen.train")
 
@@ -152,6 +164,57 @@ class Trainer:
             logger.info("layout: %s on %s", self.dims.describe(), self.device.type)
             if mesh is not None:
                 logger.info("mesh: %s", mesh.root)
+        self.stop: StopRequest | None = None
+        self._setup_checkpointing()
+
+    # -- checkpoints --------------------------------------------------------
+    def _setup_checkpointing(self) -> None:
+        c = self.cfg.checkpoint
+        self.ema = EMA(self.model, c.ema_decay) if c.ema_decay > 0 else None
+        self.nonfinite = NonFiniteGuard(c.max_consecutive_nonfinite)
+        self.ckpt = CheckpointManager(os.path.join(self.cfg.output_dir, "checkpoints"),
+                                      keep_last=c.keep_last, async_save=c.async_save)
+        self.resumed_from = None
+        if (self.rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+                and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0):
+            logger.warning("torchrun restarts share one TCPStore here and restarted workers "
+                           "can fail to connect; set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+                           "(launch/torchrun.sh and the sbatch script do)")
+        path = c.resume_from or (latest_checkpoint(self.ckpt.root) if c.resume else None)
+        if path is not None:
+            self.load_checkpoint(path)
+
+    def rank_state(self) -> dict:
+        """What this rank needs, besides weights and optimizer, to continue exactly."""
+        return {"step": self.step, "scheduler": self.scheduler.state_dict(),
+                "data": self.train_data.state_dict(),
+                "rng": capture_rng_state({"train": self.gen}),
+                "nonfinite": self.nonfinite.state_dict(),
+                "dp_rank": self.dp_rank, "dp_size": self.dp_size}
+
+    def save_checkpoint(self) -> str:
+        return self.ckpt.save(self.step, self.model, self.optimizer, self.rank_state(),
+                              ema=self.ema, meta={"parallel": to_dict(self.cfg.parallel),
+                                                  "model": self.cfg.model.name})
+
+    def load_checkpoint(self, path: str) -> None:
+        state = self.ckpt.load(path, self.model, self.optimizer, ema=self.ema)
+        self.step = int(state["step"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.nonfinite.load_state_dict(state["nonfinite"])
+        same_layout = (not state["layout_changed"] and state["dp_rank"] == self.dp_rank
+                       and state["dp_size"] == self.dp_size)
+        self.train_data.load_state_dict(state["data"])
+        if same_layout:
+            restore_rng_state(state["rng"], {"train": self.gen})
+        else:  # another layout: the weights are exact, the noise and data streams restart
+            self.gen.manual_seed(self.cfg.train.seed + 17 + 1_000_003 * self.step + self.dp_rank)
+            if self.rank == 0:
+                logger.warning("%s was written with another layout: weights, optimizer and "
+                               "step are restored; noise and data order restart", path)
+        self.resumed_from = path
+        if self.rank == 0:
+            logger.info("resumed from %s at step %d", path, self.step)
 
     def _init_from(self, directory: str) -> None:
         from safetensors.torch import load_file
@@ -199,11 +262,23 @@ class Trainer:
         t1 = time.perf_counter()
         # the true global norm over plain tensors and DTensors on every mesh
         grad_norm = clip_grad_norm_(list(self.model.parameters()), self.cfg.train.grad_clip)
-        self.optimizer.step()
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        loss, grad_norm = loss.detach(), grad_norm.detach()
+        # The one host sync of a step: skip on any rank's non-finite value, stop on any
+        # rank's signal (all ranks must take the same branch).
+        stop_flag = self.stop.requested if self.stop is not None else False
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        skipped, stop = agree_on_flags(torch.stack([bad, torch.tensor(stop_flag,
+                                                                       device=bad.device)]))
+        if not skipped:
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         t2 = time.perf_counter()
-        return {"loss": loss.detach(), "grad_norm": grad_norm.detach(),
+        return {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "stop": stop,
                 "fwd_bwd_s": t1 - t0, "optim_s": t2 - t1}
 
     @torch.no_grad()
@@ -231,9 +306,27 @@ class Trainer:
 
     # -- loop ---------------------------------------------------------------
     def fit(self) -> dict:
+        """Trains to train.steps (or until a preemption signal), then saves and exports."""
+        self.stop = StopRequest()
+        try:
+            return self._fit()
+        finally:
+            self.stop.close()
+            self.stop = None
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         is_main = self.rank == 0
-        writer = MetricsWriter(cfg.output_dir, enabled=is_main)
+        marker = os.path.join(cfg.output_dir, "preempted")
+        if is_main and os.path.exists(marker):
+            os.remove(marker)
+        writer = MetricsWriter(cfg.output_dir, enabled=is_main,
+                               tensorboard=cfg.metrics.tensorboard,
+                               wandb_project=cfg.metrics.wandb_project if cfg.metrics.wandb
+                               else None, run_config=to_dict(cfg),
+                               resume_step=self.step if self.resumed_from else None)
+        profiler = StepProfiler(cfg.metrics.profile_steps, cfg.output_dir, self.rank,
+                                self.device)
         peak, peak_name = device_peak_tflops(
             torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None)
         if is_main:
@@ -241,8 +334,9 @@ class Trainer:
                         sum(p.numel() for p in self.model.parameters()) / 1e6,
                         f", MFU against {peak_name}" if peak_name else "")
         bar = ProgressBar(cfg.train.steps, self.step, enabled=is_main and cfg.train.progress_bar)
-        history = {"val_loss": []}
-        if self.step == 0:
+        history = {"val_loss": [], "preempted": False, "resumed_from": self.resumed_from}
+        last_saved = self.step if self.resumed_from else None
+        if self.step == 0 and cfg.train.steps > 0:
             v = self.validate()
             history["val_loss"].append((0, v))
             writer.write({"step": 0, "val_loss": v})
@@ -250,12 +344,17 @@ class Trainer:
                   "optim": 0.0, "n": 0, "tokens": 0.0, "flops": 0.0}
         while self.step < cfg.train.steps:
             t_start = time.perf_counter()
+            profiler.start(self.step + 1)
             batch = next(self.train_data)
             t_data = time.perf_counter()
             out = self.train_step(batch)
             self.step += 1
-            window["loss"].append(out["loss"])
-            window["grad_norm"].append(out["grad_norm"])
+            self.ckpt.poll()
+            profiler.stop(self.step)
+            self.nonfinite.record(self.step, out["skipped"])
+            if not out["skipped"]:  # a skipped step's NaN would poison the window mean
+                window["loss"].append(out["loss"])
+                window["grad_norm"].append(out["grad_norm"])
             window["wait"] += t_data - t_start
             window["fwd_bwd"] += out["fwd_bwd_s"]
             window["optim"] += out["optim_s"]
@@ -264,16 +363,19 @@ class Trainer:
             tokens, flops = self.sample_cost(self.last_batch_shape)
             window["tokens"] += tokens * self.last_batch_shape[0]
             window["flops"] += flops * self.last_batch_shape[0]
-            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps \
+                    or out["stop"]:
                 n = window["n"]
+                losses = window["loss"] or [torch.tensor(float("nan"))]
                 loss = self.parallel.mean_over_dp(  # the one sync per log
-                    torch.stack(window["loss"]).mean()).item()
+                    torch.stack(losses).mean()).item()
                 step_time = window["time"] / n
                 # every DP rank runs a batch like this one; per device = / world size
                 tflops = window["flops"] * self.dp_size / window["time"] / self.world_size / 1e12
                 row = {"step": self.step, "loss": loss,
                        "lr": self.scheduler.get_last_lr()[0],
-                       "grad_norm": torch.stack(window["grad_norm"]).mean().item(),
+                       "grad_norm": torch.stack(window["grad_norm"] or
+                                                [torch.tensor(float("nan"))]).mean().item(),
                        "step_time_s": step_time,
                        "tokens_per_s": window["tokens"] * self.dp_size / window["time"]
                        / self.world_size,
@@ -282,11 +384,26 @@ class Trainer:
                        "max_mem_gb": max_memory_gb(self.device),
                        "data_wait_s": window["wait"] / n,
                        "fwd_bwd_s": window["fwd_bwd"] / n,
-                       "optimizer_s": window["optim"] / n}
+                       "optimizer_s": window["optim"] / n,
+                       "skipped_steps": self.nonfinite.skipped_total,
+                       "skipped_files": self._skipped_files()}
                 writer.write(row)
                 bar.update(n, loss=f"{loss:.4f}")
                 window = {k: ([] if isinstance(v, list) else 0.0 if isinstance(v, float) else 0)
                           for k, v in window.items()}
+            if out["stop"]:
+                self.save_checkpoint()
+                self.ckpt.wait()
+                if is_main:
+                    with open(marker, "w") as f:
+                        f.write(f"{self.step}\n")
+                    logger.info("preempted: checkpoint at step %d saved, exiting", self.step)
+                history["preempted"] = True
+                break
+            every = cfg.checkpoint.every_steps
+            if every > 0 and self.step % every == 0 and self.step < cfg.train.steps:
+                self.save_checkpoint()
+                last_saved = self.step
             if self.step % cfg.train.val_every == 0 or self.step == cfg.train.steps:
                 v = self.validate()
                 history["val_loss"].append((self.step, v))
@@ -295,13 +412,30 @@ class Trainer:
                     logger.info("step %d: val_loss %.4f", self.step, v)
         bar.close()
         writer.close()
-        state = full_state_dict(self.model)  # a collective when sharded: every rank
-        if is_main:
-            export_inference(os.path.join(cfg.output_dir, "final"), state,
-                             cfg, self.text_encoders)
+        if history["preempted"]:
+            return history
+        if last_saved != self.step:
+            self.save_checkpoint()
+        self.ckpt.wait()
+        self.export()
         if self.world_size > 1:
             torch.distributed.barrier()
         return history
+
+    def export(self) -> None:
+        """Consolidated weights (and EMA) in <output_dir>/final; collective on all ranks."""
+        is_main = self.rank == 0
+        # Gathered one tensor at a time into rank 0's CPU memory (at 30B a full copy on
+        # every GPU would not fit); a collective when sharded.
+        state = full_model_state_dict(self.model)
+        ema_state = self.ema.full_state_dict(self.model, is_main) if self.ema else None
+        if is_main:
+            export_inference(os.path.join(self.cfg.output_dir, "final"), state, self.cfg,
+                             self.text_encoders, ema_state_dict=ema_state)
+
+    def _skipped_files(self) -> int:
+        stats = getattr(self.train_data, "stats", None)
+        return int(stats().get("skipped_files", 0)) if stats else 0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -317,12 +451,23 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(2)
     try:
         history = trainer.fit()
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1)
     finally:
         if trainer.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    (s0, v0), (s1, v1) = history["val_loss"][0], history["val_loss"][-1]
-    if rank == 0:
+    if rank == 0 and history["preempted"]:
+        print(f"preempted at step {trainer.step}: checkpoint saved; run the same command "
+              f"again to resume")
+    elif rank == 0 and len(history["val_loss"]) == 1:
+        (s1, v1), = history["val_loss"]
+        print(f"validation loss: step {s1} {v1:.4f} (resumed from {history['resumed_from']})")
+    elif rank == 0 and history["val_loss"]:
+        (s0, v0), (s1, v1) = history["val_loss"][0], history["val_loss"][-1]
         print(f"validation loss: step {s0} {v0:.4f} -> step {s1} {v1:.4f}")
+    elif rank == 0:
+        print(f"already at train.steps={cfg.train.steps}: nothing to train")
     return history
 
 

@@ -1,0 +1,470 @@
+"""Distributed checkpoints with torch.distributed.checkpoint (DCP): atomic, resumable,
+reshardable, and loaded without executing anything stored in them.
+
+Layout under ``<output_dir>/checkpoints``::
+
+    latest                      one line: the name of the newest complete checkpoint
+    step_00000100/              a complete checkpoint (a directory is complete once renamed)
+        .metadata               DCP's index of every tensor shard (file, offset, length)
+        __<rank>_0.distcp       tensor data written by each rank
+        train_state/rank_<r>.pt step, lr scheduler, data-loader state, RNG states, counters
+        meta.json               human-readable summary (step, world size, layout, time)
+    .tmp-step_00000200/         a save in progress (or one killed mid-write): ignored
+
+What is saved: the model and optimizer through ``get_state_dict`` (so plain, FSDP2 and
+DTensor tensor-parallel models all work and a checkpoint written with one layout loads into
+another), the EMA weights with the same sharding as the parameters, and per rank the
+step, scheduler, loader and RNG states.
+
+Atomicity: every rank writes into ``.tmp-step_N``; after DCP has written its metadata
+(which it does only once all ranks' shards are written) rank 0 renames the directory to
+``step_N`` and only then replaces ``latest`` (write to a temporary file, fsync, rename).
+A kill at any point leaves ``latest`` naming the previous complete checkpoint.
+
+Safety: DCP reads its ``.metadata`` with ``pickle.load``; ``SafeFileSystemReader`` reads it
+with an unpickler that admits only DCP's own metadata classes, and
+``WeightsOnlyLoadPlanner`` reads non-tensor items with ``torch.load(weights_only=True)``
+(tensors already are). The per-rank state files are loaded with ``weights_only=True``.
+
+A checkpoint with a missing or truncated shard raises ``IncompleteCheckpointError`` naming
+the file before anything is loaded; older checkpoints stay loadable and the error says how
+to pick one (``--checkpoint.resume_from=DIR``): falling back silently could hide data loss.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+import random
+import re
+import shutil
+import time
+import warnings
+from concurrent.futures import Future
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
+                                                     set_state_dict)
+
+logger = logging.getLogger("moviegen.checkpoint")
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+TMP_PREFIX = ".tmp-"
+LATEST = "latest"
+METADATA = ".metadata"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be found or read."""
+
+
+class IncompleteCheckpointError(CheckpointError):
+    """A checkpoint directory lacks a file or a file is shorter than its index says."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """Checkpoint metadata names something other than DCP's own data classes."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+# --------------------------------------------------------------------------- safe reading
+class _MetadataUnpickler(pickle.Unpickler):
+    """Admits only the classes DCP metadata is made of; anything else is refused."""
+
+    _MODULE_PREFIXES = ("torch.distributed.checkpoint.",)
+    _ALLOWED = {("collections", "OrderedDict"), ("torch", "Size"), ("builtins", "set"),
+                ("builtins", "frozenset"), ("torch", "device"), ("builtins", "slice"),
+                ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+                ("torch.serialization", "_get_layout")}  # name -> torch.layout lookup
+
+    def find_class(self, module: str, name: str):
+        if module.startswith(self._MODULE_PREFIXES) or (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None),
+                                            (torch.dtype, torch.layout, torch.memory_format)):
+            return getattr(torch, name)
+        raise UnsafeCheckpointError(f"checkpoint metadata refers to {module}.{name}, which "
+                                    f"is not part of DCP metadata: refusing to load it")
+
+
+def read_metadata(path: str):
+    """DCP ``Metadata`` of a checkpoint directory, unpickled with the allow-list above."""
+    meta_path = os.path.join(path, METADATA)
+    if not os.path.exists(meta_path):
+        raise IncompleteCheckpointError(
+            f"{meta_path} is missing: '{path}' is not a complete checkpoint")
+    with open(meta_path, "rb") as f:
+        try:
+            return _MetadataUnpickler(f).load()
+        except (EOFError, pickle.UnpicklingError, AttributeError, ValueError) as e:
+            raise IncompleteCheckpointError(f"{meta_path} is unreadable ({e}): the "
+                                            f"checkpoint is truncated or corrupt") from e
+
+
+class SafeFileSystemReader(FileSystemReader):
+    def read_metadata(self, *args, **kwargs):
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        metadata = read_metadata(str(self.path))
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+    """Non-tensor items (optimizer hyper-parameters, ...) come back through
+    ``torch.load(weights_only=True)``: plain containers and numbers only."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        from torch.distributed.checkpoint._traverse import set_element
+
+        obj = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def verify_checkpoint(path: str) -> None:
+    """Raises ``IncompleteCheckpointError`` naming the first missing or short file."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint directory '{path}' does not exist")
+    metadata = read_metadata(path)
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        rel = info.relative_path
+        needed[rel] = max(needed.get(rel, 0), info.offset + info.length)
+    for rel, size in sorted(needed.items()):
+        full = os.path.join(path, rel)
+        if not os.path.exists(full):
+            raise IncompleteCheckpointError(f"shard file {full} is missing (the index "
+                                            f"{os.path.join(path, METADATA)} lists it)")
+        have = os.path.getsize(full)
+        if have < size:
+            raise IncompleteCheckpointError(f"shard file {full} is truncated: {have} bytes, "
+                                            f"the index needs {size}")
+    state_dir = os.path.join(path, "train_state")
+    if not os.path.isfile(os.path.join(state_dir, _rank_state_name(0))):
+        raise IncompleteCheckpointError(
+            f"{os.path.join(state_dir, _rank_state_name(0))} is missing")
+
+
+# --------------------------------------------------------------------------- rank state
+def _rank_state_name(rank: int) -> str:
+    return f"rank_{rank:05d}.pt"
+
+
+def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> dict:
+    """torch CPU/CUDA, Python and NumPy RNG states plus named generators, as tensors."""
+    state = {"torch_cpu": torch.get_rng_state(),
+             "python": _python_rng_to_tensor(random.getstate()),
+             "generators": {k: g.get_state() for k, g in (generators or {}).items()}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = torch.cuda.get_rng_state()
+    try:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = {"keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "cached": float(cached)}
+    except ImportError:
+        pass
+    return state
+
+
+def restore_rng_state(state: dict, generators: dict[str, torch.Generator] | None = None):
+    torch.set_rng_state(state["torch_cpu"])
+    random.setstate(_python_rng_from_tensor(state["python"]))
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["torch_cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype("uint32"), n["pos"],
+                             n["has_gauss"], n["cached"]))
+    for k, g in (generators or {}).items():
+        if k in state["generators"]:
+            g.set_state(state["generators"][k])
+
+
+def _python_rng_to_tensor(s) -> dict:
+    version, internal, gauss = s
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss}
+
+
+def _python_rng_from_tensor(d: dict):
+    return d["version"], tuple(int(x) for x in d["internal"].tolist()), d["gauss"]
+
+
+# --------------------------------------------------------------------------- pointer
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def list_checkpoints(root: str) -> list[tuple[int, str]]:
+    """(step, path) of committed checkpoint directories, oldest first."""
+    if not os.path.isdir(root):
+        return []
+    out = []
+    for name in os.listdir(root):
+        m = STEP_DIR.match(name)
+        if m and os.path.isdir(os.path.join(root, name)):
+            out.append((int(m.group(1)), os.path.join(root, name)))
+    return sorted(out)
+
+
+def latest_checkpoint(root: str) -> str | None:
+    """The directory ``latest`` names; without a pointer, the newest committed one."""
+    pointer = os.path.join(root, LATEST)
+    if os.path.exists(pointer):
+        with open(pointer) as f:
+            name = f.read().strip()
+        path = os.path.join(root, name)
+        if not STEP_DIR.match(name) or not os.path.isdir(path):
+            raise CheckpointError(f"{pointer} names '{name}', which is not a checkpoint "
+                                  f"directory in {root}")
+        return path
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+# --------------------------------------------------------------------------- manager
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _quiet_single_process():
+    """DCP warns on every single-process call that it assumes no process group; we pass
+    no_dist explicitly, so the warning says nothing."""
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled",
+                            category=UserWarning)
+    return ctx
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+class CheckpointManager:
+    """Saves and loads training checkpoints under ``root`` (collective on every rank).
+
+    ``app`` objects passed to save/load: ``model``, ``optimizer``, optional ``ema`` (an
+    ``moviegen.ema.EMA``) and ``rank_state`` (a dict of tensors, numbers and strings).
+    """
+
+    def __init__(self, root: str, keep_last: int = 3, async_save: bool = False):
+        self.root = root
+        self.keep_last = keep_last
+        self.async_save = async_save
+        self.rank = dist.get_rank() if _distributed() else 0
+        self.world_size = dist.get_world_size() if _distributed() else 1
+        self._pending: tuple[Future, str, int] | None = None
+        self._async_group = None
+        if self.rank == 0:
+            os.makedirs(root, exist_ok=True)
+
+    # -- save ---------------------------------------------------------------
+    def save(self, step: int, model, optimizer, rank_state: dict, ema=None,
+             meta: dict | None = None) -> str:
+        """Writes checkpoint ``step``; returns its final directory (committed once this
+        returns, or once ``wait()`` returns for an async save)."""
+        self.wait()
+        name = step_dir_name(step)
+        tmp = os.path.join(self.root, TMP_PREFIX + name)
+        if self.rank == 0:
+            os.makedirs(self.root, exist_ok=True)
+            for other in os.listdir(self.root):  # leftovers of killed saves
+                if other.startswith(TMP_PREFIX):
+                    shutil.rmtree(os.path.join(self.root, other), ignore_errors=True)
+            os.makedirs(os.path.join(tmp, "train_state"))
+            with open(os.path.join(tmp, "meta.json"), "w") as f:
+                json.dump({"step": step, "world_size": self.world_size, "time": time.time(),
+                           **(meta or {})}, f, indent=1)
+        _barrier()
+        torch.save(rank_state, os.path.join(tmp, "train_state", _rank_state_name(self.rank)))
+        state = self._app_state(model, optimizer, ema)
+        writer = FileSystemWriter(tmp, sync_files=True)
+        quiet = _quiet_single_process()
+        try:
+            self._write(state, writer, tmp, step)
+        finally:
+            quiet.__exit__(None, None, None)
+        return os.path.join(self.root, name)
+
+    def _write(self, state, writer, tmp: str, step: int) -> None:
+        if self.async_save:
+            fut = dcp.async_save(state, storage_writer=writer,
+                                 process_group=self._get_async_group(),
+                                 no_dist=not _distributed())
+            self._pending = (fut, tmp, step)
+            logger.info("checkpoint step %d: writing in the background", step)
+        else:
+            dcp.save(state, storage_writer=writer, no_dist=not _distributed())
+            _barrier()  # every rank's train_state file is closed too
+            self._commit(tmp, step)
+            _barrier()
+
+    def wait(self) -> None:
+        """Blocks until a pending async save is written, then commits it (rank 0).
+
+        No collective: rank 0's future completes only after DCP wrote the metadata, which
+        it does once every rank's shards are written, so rank 0 can commit on its own."""
+        if self._pending is None:
+            return
+        fut, tmp, step = self._pending
+        self._pending = None
+        fut.result()
+        self._commit(tmp, step)
+
+    def poll(self) -> None:
+        """Commits a finished async save without blocking (call once per step), so
+        ``latest`` moves as soon as the data is on disk, not at the next save."""
+        if self._pending is not None and self._pending[0].done():
+            self.wait()
+
+    def close(self) -> None:
+        self.wait()
+
+    def _get_async_group(self):
+        # The background save runs collectives; giving it its own gloo group keeps them
+        # from interleaving with the training step's collectives on the default group.
+        if not _distributed():
+            return None
+        if self._async_group is None:
+            self._async_group = dist.new_group(backend="gloo")
+        return self._async_group
+
+    def _commit(self, tmp: str, step: int) -> None:
+        if self.rank != 0:
+            return
+        final = os.path.join(self.root, step_dir_name(step))
+        _fsync_dir(tmp)
+        if os.path.exists(final):  # saved again at the same step (e.g. after a resume)
+            old = os.path.join(self.root, TMP_PREFIX + "old-" + step_dir_name(step))
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(self.root)
+        _atomic_write_text(os.path.join(self.root, LATEST), step_dir_name(step) + "\n")
+        logger.info("checkpoint %s committed", final)
+        self._prune(step)
+
+    def _prune(self, current_step: int) -> None:
+        if self.keep_last <= 0:
+            return
+        # Directories past the current step belong to an abandoned timeline (a resume from
+        # an older checkpoint); they are left alone and overwritten when reached again.
+        older = [(s, p) for s, p in list_checkpoints(self.root) if s <= current_step]
+        for _, path in older[:-self.keep_last]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    # -- load ---------------------------------------------------------------
+    def load(self, path: str, model, optimizer, ema=None) -> dict:
+        """Loads ``path`` into model, optimizer and EMA; returns this rank's train state.
+
+        The returned dict has ``layout_changed=True`` when the checkpoint was written
+        with another world size or data-parallel layout: then only the rank-independent
+        parts (step, scheduler, counters, data position of rank 0) apply.
+        """
+        self.wait()
+        verify_checkpoint(path)
+        metadata = read_metadata(path)
+        keys = set(metadata.state_dict_metadata)
+        has_ema = any(k.startswith("ema.") for k in keys)
+        state = self._app_state(model, optimizer, ema if has_ema else None)
+        quiet = _quiet_single_process()
+        try:
+            dcp.load(state, storage_reader=SafeFileSystemReader(path),
+                     planner=WeightsOnlyLoadPlanner(), no_dist=not _distributed())
+        finally:
+            quiet.__exit__(None, None, None)
+        set_state_dict(model, optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+        if ema is not None:
+            if has_ema:
+                ema.load_state_dict(state["ema"])
+            else:
+                logger.warning("%s has no EMA weights: EMA starts from the loaded model", path)
+                ema.reset(model)
+        return self._load_rank_state(path)
+
+    def _load_rank_state(self, path: str) -> dict:
+        state_dir = os.path.join(path, "train_state")
+        own = os.path.join(state_dir, _rank_state_name(self.rank))
+        with open(os.path.join(path, "meta.json")) as f:
+            saved_world = json.load(f)["world_size"]
+        if saved_world == self.world_size and os.path.exists(own):
+            state = torch.load(own, weights_only=True)
+            state["layout_changed"] = False
+            return state
+        state = torch.load(os.path.join(state_dir, _rank_state_name(0)), weights_only=True)
+        state["layout_changed"] = True
+        return state
+
+    @staticmethod
+    def _app_state(model, optimizer, ema) -> dict:
+        reshard_fsdp(model)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=StateDictOptions())
+        state = {"model": model_sd, "optim": optim_sd}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        return state
+
+
+def reshard_fsdp(model) -> None:
+    """Frees parameters FSDP2 left gathered. A no-grad forward (validation) leaves the
+    modules with reshard_after_forward=False (typically the last block) unsharded, and
+    their parameters are then not the optimizer's: get_state_dict would fail to map them."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
+def full_model_state_dict(model) -> dict:
+    """Consolidated weights on rank 0 (CPU), empty elsewhere; collective on every rank."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    if not _distributed():
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    reshard_fsdp(model)
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                cpu_offload=True))

@@ -1,0 +1,46 @@
+"""Stage configs validate with their Movie Gen layouts (no process group: the layout check
+is a pure function of config and world size); launch scripts parse and print usage."""
+import os
+import subprocess
+
+import pytest
+
+from moviegen.config import load_config
+from parallel.parallel_dims import validate_layout
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "launch", "configs")
+
+
+@pytest.mark.parametrize("name, gpus, layout", [
+    ("stage1_t2i_256", 1536, (384, 1, 4)),
+    ("stage2_joint_256", 3072, (384, 2, 4)),
+    ("stage3_joint_768", 6144, (192, 4, 8)),
+])
+def test_stage_configs_validate_with_their_layouts(name, gpus, layout):
+    cfg = load_config(os.path.join(CONFIGS, f"{name}.yaml"))
+    assert cfg.model.name == "30b" and cfg.checkpoint.async_save
+    dims = validate_layout(cfg, gpus)
+    assert (dims.dp_shard, dims.cp, dims.tp) == layout
+    assert cfg.output_dir == f"runs/{name}"
+    with pytest.raises(Exception, match="world|divis|layout|product"):
+        validate_layout(cfg, gpus + 2)  # cp x tp no longer divides the world
+
+
+def test_stage3_tokens_match_movie_gen():
+    cfg = load_config(os.path.join(CONFIGS, "stage3_joint_768.yaml"))
+    d, (pt, ph, pw) = cfg.data, cfg.model.patch_size
+    assert (d.latent_frames // pt) * (d.latent_height // ph) * (d.latent_width // pw) == 73728
+
+
+@pytest.mark.parametrize("script", ["launch/torchrun.sh", "launch/slurm/train.sbatch"])
+def test_scripts_are_valid_bash(script):
+    path = os.path.join(ROOT, script)
+    assert os.access(path, os.X_OK)
+    subprocess.run(["bash", "-n", path], check=True)
+
+
+def test_torchrun_script_prints_usage_without_config():
+    out = subprocess.run([os.path.join(ROOT, "launch", "torchrun.sh")], capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and "CONFIG" in out.stdout
