@@ -13,8 +13,9 @@ def test_tiny_yaml_loads_and_overrides_win():
 
 
 def test_float_field_accepts_int_and_list_of_sections():
-    cfg = load_config(None, ["--train.lr=1", "--text.encoders=[{name: byt5, max_length: 16}]"])
+    cfg = load_config(None, ["--train.lr=1", "--train.min_lr_ratio=1e-2", "--text.encoders=[{name: byt5, max_length: 16}]"])
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.min_lr_ratio == 0.01
     assert cfg.text.encoders[0].max_length == 16
 
 
