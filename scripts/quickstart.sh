@@ -27,6 +27,12 @@ import torch
 print(f"[setup] torch {torch.__version__}, cuda available: {torch.cuda.is_available()}")
 PYEOF
 
+if [ "$what" = test ] && [ "${CI:-}" = true ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # CI only: a real single-node SLURM for tests/test_launch_slurm.py (skipped without it)
+  echo "[setup] CI: installing Debian's slurm-wlm for the SLURM launch test"
+  bash scripts/install_slurm.sh || echo "[setup] SLURM install failed: its test will be skipped"
+fi
+
 if [ "$what" = demo ]; then
   exec "$PY" -m moviegen.demo "$@"
 else

@@ -13,6 +13,7 @@ import torch
 
 from moviegen import train
 from moviegen.fault import NonFiniteError, NonFiniteGuard
+from moviegen.latent_synthetic import SyntheticLatentLoader
 from moviegen.train import Trainer
 
 from tests.test_checkpoint import RecordingLoader, losses, make_cfg, run
@@ -48,7 +49,7 @@ def test_signal_finishes_step_saves_and_resumes(straight, tmp_path, sig):
 
 def test_main_exits_zero_on_preemption(tmp_path, monkeypatch, capsys):
     d = str(tmp_path / "run")
-    orig_next = train.SyntheticLatentLoader.__next__
+    orig_next = SyntheticLatentLoader.__next__
     calls = {"n": 0}
 
     def next_then_signal(self):
@@ -56,7 +57,7 @@ def test_main_exits_zero_on_preemption(tmp_path, monkeypatch, capsys):
         if calls["n"] == 3 and self.shuffle:
             os.kill(os.getpid(), signal.SIGTERM)
         return orig_next(self)
-    monkeypatch.setattr(train.SyntheticLatentLoader, "__next__", next_then_signal)
+    monkeypatch.setattr(SyntheticLatentLoader, "__next__", next_then_signal)
     args = ["--config", os.path.join(os.path.dirname(__file__), "..", "launch", "configs",
                                      "tiny.yaml"),
             f"--output_dir={d}", "--train.steps=10", "--train.progress_bar=false",
