@@ -119,3 +119,23 @@ def test_synthetic_vocabulary_and_exclude(tmp_path):
             assert " ".join(words[4:]) in synthetic.DIRECTIONS
     ratios = {round(r["width"] / r["height"], 1) for r in rows if r["type"] == "video"}
     assert len(ratios) == 5
+
+
+def test_synthetic_holds_out_a_colour_direction_pairing(tmp_path):
+    import json as _json
+
+    from moviegen.data import synthetic
+    manifest = synthetic.generate(str(tmp_path), num_videos=12, num_images=0, seed=3,
+                                  min_duration=1.0, max_duration=1.2, short_sides=(32,),
+                                  frame_rates=(8,), colors=["red", "blue"], shapes=["circle"],
+                                  aspect_ratios=["1:1"], exclude=["red+from right to left"])
+    rows = [_json.loads(l) for l in open(manifest)]
+    caps = [r["caption"] for r in rows]
+    assert len(caps) == 12
+    assert not any("red" in c and "from right to left" in c for c in caps)
+    assert all(("red" in c or "blue" in c) and "circle" in c for c in caps)
+    assert all(r["width"] == r["height"] for r in rows)
+    assert synthetic.excluded("a red square moves from right to left", {"red+from right to left"})
+    assert not synthetic.excluded("a red square moves from left to right", {"red+from right to left"})
+    with pytest.raises(ValueError, match="unknown colour"):
+        synthetic.generate(str(tmp_path / "x"), 1, colors=["mauve"])

@@ -100,30 +100,44 @@ def write_webm(path: str, frames_THWC: np.ndarray, fps: int, crf: int = 20) -> N
             container.mux(packet)
 
 
-def _combos(exclude: set[str]):
-    out = [(c, s, d) for c in COLORS for s in SHAPES for d in DIRECTIONS
-           if f"{c} {s}" not in exclude]
+def excluded(caption: str, exclude: set[str]) -> bool:
+    """An entry excludes every caption that contains all of its '+'-separated parts:
+    "red circle" drops red circles; "red+from right to left" drops red shapes moving
+    right to left (any shape) -- a colour/direction pairing held out for a demo."""
+    return any(all(part.strip() in caption for part in entry.split("+")) for entry in exclude)
+
+
+def _combos(exclude: set[str], colors=None, shapes=None):
+    out = [(c, s, d) for c in (colors or COLORS) for s in (shapes or SHAPES) for d in DIRECTIONS
+           if not excluded(video_caption(c, s, d), exclude)]
     if not out:
-        raise ValueError("--exclude removed every colour/shape combination")
+        raise ValueError("--exclude removed every colour/shape/direction combination")
     return out
 
 
 def generate(output_dir: str, num_videos: int, num_images: int = 0, seed: int = 0,
              val_fraction: float = 0.1, min_duration: float = 1.0, max_duration: float = 3.0,
-             short_sides=SHORT_SIDES, frame_rates=FRAME_RATES, exclude=()) -> str:
-    """Writes the dataset; returns the manifest path."""
+             short_sides=SHORT_SIDES, frame_rates=FRAME_RATES, exclude=(), colors=None,
+             shapes=None, aspect_ratios=None) -> str:
+    """Writes the dataset; returns the manifest path. ``colors``/``shapes``/``aspect_ratios``
+    restrict the vocabulary (names from COLORS, SHAPES, ASPECT_RATIOS; None = all)."""
     from moviegen.data.buckets import assign_buckets, make_buckets
     from moviegen.data.config import VideoDataConfig
     from moviegen.data.manifest import load_manifest, write_rows
 
     rng = np.random.default_rng(seed)
     exclude = {e.strip() for e in exclude if e.strip()}
-    combos = _combos(exclude)
+    for name, chosen, known in (("colour", colors, COLORS), ("shape", shapes, SHAPES),
+                                ("aspect ratio", aspect_ratios, ASPECT_RATIOS)):
+        unknown = [c for c in (chosen or ()) if c not in known]
+        if unknown:
+            raise ValueError(f"unknown {name} {unknown[0]!r} (known: {', '.join(known)})")
+    combos = _combos(exclude, colors, shapes)
     os.makedirs(os.path.join(output_dir, "videos"), exist_ok=True)
     os.makedirs(os.path.join(output_dir, "images"), exist_ok=True)
     rows = []
     n_val = int(round(val_fraction * num_videos))
-    ar_names = list(ASPECT_RATIOS)
+    ar_names = list(aspect_ratios or ASPECT_RATIOS)
     for i in range(num_videos):
         color, shape, direction = combos[rng.integers(len(combos))]
         ar = ASPECT_RATIOS[ar_names[i % len(ar_names)]]   # every aspect ratio is used
@@ -145,7 +159,7 @@ def generate(output_dir: str, num_videos: int, num_images: int = 0, seed: int = 
                      "split": "val" if i < n_val else "train"})
     positions = list(POSITIONS)
     for j in range(num_images):
-        color, shape, _ = combos[rng.integers(len(combos))]
+        color, shape, _ = combos[rng.integers(len(combos))]  # images: colour/shape/position
         position = positions[rng.integers(len(positions))]
         w, h = frame_size(ASPECT_RATIOS[ar_names[j % len(ar_names)]], int(rng.choice(short_sides)))
         img = draw_shape(h, w, shape, COLORS[color], POSITIONS[position], 0.3 * min(w, h))
@@ -185,12 +199,21 @@ def main(argv=None) -> None:
     p.add_argument("--short_side", type=int, nargs="+", default=list(SHORT_SIDES),
                    help="pixel sizes the shorter side is drawn from")
     p.add_argument("--exclude", default="",
-                   help='comma-separated "colour shape" pairs never generated, e.g. "red circle"')
+                   help='comma-separated entries never generated: "red circle" (colour + shape) '
+                        'or "red+from right to left" (all parts in the caption)')
+    p.add_argument("--colors", default="", help=f"comma-separated subset of {', '.join(COLORS)}")
+    p.add_argument("--shapes", default="", help=f"comma-separated subset of {', '.join(SHAPES)}")
+    p.add_argument("--aspect_ratios", default="",
+                   help=f"comma-separated subset of {', '.join(ASPECT_RATIOS)}")
+    p.add_argument("--frame_rates", type=int, nargs="+", default=list(FRAME_RATES))
     a = p.parse_args(argv)
     num_images = a.num_videos // 4 if a.num_images is None else a.num_images
     manifest = generate(a.output_dir, a.num_videos, num_images, a.seed, a.val_fraction,
                         a.min_duration, a.max_duration, tuple(a.short_side),
-                        exclude=a.exclude.split(","))
+                        frame_rates=tuple(a.frame_rates), exclude=a.exclude.split(","),
+                        colors=[c for c in a.colors.split(",") if c] or None,
+                        shapes=[c for c in a.shapes.split(",") if c] or None,
+                        aspect_ratios=[c for c in a.aspect_ratios.split(",") if c] or None)
     with open(manifest) as f:
         n = sum(1 for _ in f)
     print(json.dumps({"manifest": manifest, "rows": n, "videos": a.num_videos,
