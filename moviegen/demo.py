@@ -1,30 +1,149 @@
-"""The embedded default: train the tiny model on CPU, sample it, plot the loss.
+"""The embedded default, end to end on a CPU: video files in, a generated video out.
 
-    python -m moviegen.demo [--output_dir runs/demo] [--steps N]
+    python -m moviegen.demo [--output_dir runs/demo] [--quick]
 
-Stages (each timed, wall times printed and written to <output_dir>/demo_summary.json):
-  1. train the tiny transformer on caption-dependent synthetic latents
-     (launch/configs/tiny.yaml)
-  2. sample latents for captions, check the sampled colour against the caption
-  3. write the loss curve as a PNG
+Stages (each timed; the summary goes to <output_dir>/demo_summary.json):
+  1. data        real VP9 .webm clips of moving coloured shapes (moviegen.data.synthetic);
+                 one colour/direction pairing is held out of training entirely
+  2. tae         train the tiny temporal autoencoder (moviegen.train_tae), report its
+                 PSNR on held-out clips
+  3. precompute  TAE latents + text embeddings as sharded safetensors (moviegen.precompute)
+  4. transformer train the flow-matching transformer on them (moviegen.train,
+                 launch/configs/demo.yaml)
+  5. sample      generate the held-out caption, decode with the TAE (tiled), write
+                 .webm + .gif, and measure where the shape goes, frame by frame
+  6. plot        the loss curves as a PNG
+
+``--quick`` shrinks every stage (a smoke run of the whole path, about a minute).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import time
 
+import numpy as np
 import torch
 
-from moviegen.config import load_config
-from moviegen.train import Trainer
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TAE_CONFIG = os.path.join(ROOT, "launch", "configs", "tae_tiny.yaml")
+DEMO_CONFIG = os.path.join(ROOT, "launch", "configs", "demo.yaml")
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "launch", "configs", "tiny.yaml")
+COLOURS = ("red", "green", "blue", "yellow")
+SHAPES = ("circle", "square")
+HELD_OUT = ("red", "from right to left")  # never in training, in any shape
+PROMPT = f"a {HELD_OUT[0]} circle moves {HELD_OUT[1]}"
+
+FULL = dict(videos=240, tae_steps=800, steps=2000)
+QUICK = dict(videos=24, tae_steps=10, steps=20)
 
 
-def plot_losses(output_dir: str, png: str) -> None:
+def stage_data(out: str, n_videos: int) -> str:
+    from moviegen.data import synthetic
+
+    return synthetic.generate(os.path.join(out, "data"), num_videos=n_videos, num_images=n_videos // 8,
+                              seed=0, val_fraction=0.1, min_duration=2.0, max_duration=2.0,
+                              short_sides=(48,), frame_rates=(8,), colors=list(COLOURS),
+                              shapes=list(SHAPES), aspect_ratios=["1:1"],
+                              exclude=[f"{HELD_OUT[0]}+{HELD_OUT[1]}"])
+
+
+def stage_tae(out: str, manifest: str, steps: int) -> dict:
+    from moviegen import train_tae
+    from moviegen.metrics import read_metrics
+
+    tae_dir = os.path.join(out, "tae")
+    train_tae.main(["--config", TAE_CONFIG, f"--output_dir={tae_dir}",
+                    f"--data.data_dir={os.path.dirname(manifest)}", f"--train.steps={steps}",
+                    f"--train.val_every={max(steps // 4, 1)}", "--data.generate_if_missing=0"])
+    psnr = [r["psnr"] for r in read_metrics(tae_dir) if r.get("psnr") is not None]
+    return {"dir": tae_dir, "psnr_db": psnr[-1] if psnr else None}
+
+
+def job_overrides(out: str, manifest: str, steps: int) -> list[str]:
+    return [f"--output_dir={os.path.join(out, 'transformer')}",
+            f"--data.precomputed_dir={os.path.join(out, 'latents')}",
+            f"--data.tae_checkpoint={os.path.join(out, 'tae')}",
+            f"--data.video.manifest={manifest}", f"--train.steps={steps}",
+            f"--train.val_every={max(steps // 8, 1)}", "--train.progress_bar=false"]
+
+
+def stage_precompute(overrides: list[str]) -> dict:
+    from moviegen import precompute
+
+    return precompute.main(["--config", DEMO_CONFIG, *overrides])
+
+
+def stage_transformer(overrides: list[str]) -> dict:
+    from moviegen import train
+
+    history = train.main(["--config", DEMO_CONFIG, *overrides])
+    (s0, v0), (s1, v1) = history["val_loss"][0], history["val_loss"][-1]
+    return {"val_loss_start": v0, "val_loss_end": v1, "steps": s1}
+
+
+def shape_track(video_CTHW: torch.Tensor, colour: str) -> list[tuple[float, float]]:
+    """(x, y) centre, as fractions of the frame, of the pixels close to ``colour``."""
+    from moviegen.data.synthetic import COLORS
+
+    rgb = (video_CTHW.clamp(-1, 1) + 1) * 127.5  # [3, T, H, W] in 0..255
+    target = torch.tensor(COLORS[colour], dtype=rgb.dtype).view(3, 1, 1, 1)
+    dist = (rgb - target).norm(dim=0)  # [T, H, W]
+    _, T, H, W = rgb.shape
+    ys = (torch.arange(H, dtype=rgb.dtype) + 0.5) / H
+    xs = (torch.arange(W, dtype=rgb.dtype) + 0.5) / W
+    track = []
+    for t in range(T):
+        w = (dist[t] < 90).to(rgb.dtype)
+        if w.sum() < 1:
+            track.append((float("nan"), float("nan")))
+            continue
+        track.append((float((w * xs[None, :]).sum() / w.sum()), float((w * ys[:, None]).sum() / w.sum())))
+    return track
+
+
+def motion_of(track) -> str:
+    pts = np.array([p for p in track if not np.isnan(p[0])])
+    if len(pts) < 2:
+        return "no shape found"
+    dx, dy = pts[-1] - pts[0]
+    if max(abs(dx), abs(dy)) < 0.1:
+        return "static"
+    if abs(dx) >= abs(dy):
+        return "from left to right" if dx > 0 else "from right to left"
+    return "from top to bottom" if dy > 0 else "from bottom to top"
+
+
+def stage_sample(out: str, prompts: list[str], num_frames: int, size: int) -> dict:
+    from moviegen.export import load_inference
+    from moviegen.sample import generate
+    from moviegen.tae import load_tae
+    from moviegen.video_io import write_gif, write_video
+
+    model, cfg, encoders = load_inference(os.path.join(out, "transformer", "final"))
+    tae = load_tae(os.path.join(out, "tae"))
+    latent_shape = (cfg.model.in_channels, -(-num_frames // tae.temporal_compression),
+                    size // tae.spatial_compression, size // tae.spatial_compression)
+    latents = generate(model, encoders, cfg, prompts, latent_shape, seed=0)
+    with torch.no_grad():
+        videos = tae.decode_tiled(tae.unscale_latents(latents), num_frames=num_frames)
+    results = []
+    for i, (prompt, video) in enumerate(zip(prompts, videos)):
+        stem = os.path.join(out, f"sample_{i}")
+        write_video(stem + ".webm", video, fps=8)
+        write_gif(stem + ".gif", video, fps=8)
+        colour = prompt.split()[1]
+        track = shape_track(video, colour)
+        results.append({"prompt": prompt, "video": stem + ".webm", "gif": stem + ".gif",
+                        "seen_in_training": prompt != PROMPT, "motion": motion_of(track),
+                        "expected": prompt.split(" moves ")[1],
+                        "track_xy": [[round(x, 3), round(y, 3)] for x, y in track]})
+    return {"samples": results}
+
+
+def plot_losses(out: str, png: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,69 +151,62 @@ def plot_losses(output_dir: str, png: str) -> None:
 
     from moviegen.metrics import read_metrics
 
-    rows = read_metrics(output_dir)
-    train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
-    val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("velocity MSE")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, name, key in ((axes[0], "tae", "loss"), (axes[1], "transformer", "loss")):
+        rows = read_metrics(os.path.join(out, name))
+        train = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if train:
+            ax.plot(*zip(*train), label="train loss")
+        val_key = "psnr" if name == "tae" else "val_loss"
+        val = [(r["step"], r[val_key]) for r in rows if r.get(val_key) is not None]
+        if val and name == "transformer":
+            ax.plot(*zip(*val), "o-", label="validation loss")
+        ax.set_title("TAE" if name == "tae" else "transformer (flow matching)")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
 
 
-def colour_accuracy(final_dir: str, latent_shape) -> dict:
-    """Samples one latent per caption combination and reads back the blob's colour."""
-    from moviegen.export import load_inference
-    from moviegen.latent_synthetic import COLOURS, DIRECTION_NAMES, caption_for, colour_signature
-    from moviegen.sample import generate
-
-    model, cfg, encoders = load_inference(final_dir)
-    combos = [(c, d) for c in COLOURS for d in DIRECTION_NAMES]
-    latents = generate(model, encoders, cfg, [caption_for(c, d) for c, d in combos],
-                       latent_shape, seed=0)
-    sigs = torch.stack([colour_signature(c, latent_shape[0]) for c in COLOURS])
-    hits = 0
-    for lat, (colour, _) in zip(latents, combos):
-        energy = torch.einsum("kc,cthw->k", sigs, lat)
-        hits += COLOURS[int(energy.argmax())] == colour
-    return {"captions": len(combos), "colour_correct": hits}
-
-
-def main(argv=None):
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output_dir", default="runs/demo")
-    ap.add_argument("--steps", type=int, default=None, help="override train.steps")
+    ap.add_argument("--quick", action="store_true", help="a smoke run of every stage")
     a = ap.parse_args(argv)
-    overrides = [f"--output_dir={a.output_dir}"]
-    if a.steps is not None:
-        overrides.append(f"--train.steps={a.steps}")
-    cfg = load_config(CONFIG, overrides)
-    if os.path.exists(os.path.join(a.output_dir, "metrics.jsonl")):
-        os.remove(os.path.join(a.output_dir, "metrics.jsonl"))  # the demo starts fresh
-    times = {}
-    t0 = time.perf_counter()
-    history = Trainer(cfg).fit()
-    times["train_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    shape = (cfg.model.in_channels, cfg.data.latent_frames, cfg.data.latent_height, cfg.data.latent_width)
-    acc = colour_accuracy(os.path.join(a.output_dir, "final"), shape)
-    times["sample_s"] = time.perf_counter() - t0
-    png = os.path.join(a.output_dir, "loss.png")
-    plot_losses(a.output_dir, png)
-    (s0, v0), (s1, v1) = history["val_loss"][0], history["val_loss"][-1]
-    summary = {"val_loss_start": v0, "val_loss_end": v1, "val_loss_ratio": v1 / v0,
-               "steps": s1, **acc, "wall_times_s": times, "loss_plot": png}
-    with open(os.path.join(a.output_dir, "demo_summary.json"), "w") as f:
+    size = FULL if not a.quick else QUICK
+    out = a.output_dir
+    if os.path.exists(out):
+        shutil.rmtree(out)  # the demo always starts fresh
+    os.makedirs(out)
+    times, summary = {}, {"held_out_caption": PROMPT}
+
+    def timed(name, fn, *args):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        times[name] = round(time.perf_counter() - t0, 1)
+        print(f"[demo] {name}: {times[name]} s", flush=True)
+        return result
+
+    t_all = time.perf_counter()
+    manifest = timed("data", stage_data, out, size["videos"])
+    summary["tae"] = timed("tae", stage_tae, out, manifest, size["tae_steps"])
+    overrides = job_overrides(out, manifest, size["steps"])
+    summary["precompute"] = timed("precompute", stage_precompute, overrides)
+    summary["transformer"] = timed("transformer", stage_transformer, overrides)
+    prompts = [PROMPT, "a red circle moves from left to right", "a blue square moves from right to left",
+               "a green circle moves from top to bottom"]
+    summary.update(timed("sample", stage_sample, out, prompts, 16, 48))
+    png = os.path.join(out, "loss.png")
+    timed("plot", plot_losses, out, png)
+    times["total"] = round(time.perf_counter() - t_all, 1)
+    summary["loss_plot"] = png
+    summary["wall_times_s"] = times
+    with open(os.path.join(out, "demo_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "precompute"}, indent=2))
     return summary
 
 
