@@ -48,7 +48,8 @@ from moviegen.video_io import read_video, write_video
 @dataclass
 class TAEDataConfig:
     data_dir: str = "data/synthetic"
-    """Directory searched recursively for .webm / .mp4 clips."""
+    """Directory searched recursively for .webm / .mp4 clips (or a moviegen.data dataset: its
+    manifest.jsonl gives the video files and the train/val split)."""
     generate_if_missing: int = 48
     """If data_dir has no clips, write this many synthetic moving-shape clips there first
     (0: fail instead)."""
@@ -66,7 +67,8 @@ class TAEDataConfig:
     """Every this-many-th step is an image step (4: one image batch per three video batches;
     0: videos only)."""
     num_val: int = 4
-    """Clips held out (the last ones in sorted order) for PSNR and latent statistics."""
+    """Clips held out for PSNR and latent statistics (a manifest.jsonl's val rows when data_dir
+    has one, else the last clips in sorted order)."""
     val_frames: int = 17
     """Frames of each held-out clip that are reconstructed (odd on purpose: padding is tested)."""
 
@@ -194,37 +196,63 @@ def write_synthetic_clips(output_dir: str, num_videos: int, num_frames: int = 32
     return paths
 
 
-def _find_clips(data_dir: str) -> list[str]:
+def _find_clips(data_dir: str) -> dict[str, list[str]]:
+    """{"train": [...], "val": [...]} clip paths. A ``manifest.jsonl`` (moviegen.data's format:
+    rows with path, type, split) decides the split when present; otherwise all .webm/.mp4 files
+    under data_dir go to "train" and the split is made by ``split_clips``."""
+    manifest = os.path.join(data_dir, "manifest.jsonl")
+    if os.path.isfile(manifest):
+        out: dict[str, list[str]] = {"train": [], "val": []}
+        with open(manifest) as f:
+            for line in f:
+                row = json.loads(line) if line.strip() else None
+                if row and row.get("type", "video") == "video":
+                    split = "val" if row.get("split") == "val" else "train"
+                    out[split].append(os.path.join(data_dir, row["path"]))
+        return out
     found = []
     for ext in ("webm", "mp4"):
         found += glob.glob(os.path.join(data_dir, "**", f"*.{ext}"), recursive=True)
-    return sorted(found)
+    return {"train": sorted(found), "val": []}
 
 
-def prepare_clips(cfg: TAEDataConfig, seed: int = 0) -> list[str]:
-    """The clip paths, generating a synthetic set first when the directory is empty (rank 0
-    writes, the others wait at a barrier)."""
+def _generate_clips(cfg: TAEDataConfig, seed: int) -> None:
+    try:  # the project's dataset (captions, manifest, splits) when that package is present
+        from moviegen.data.synthetic import generate
+    except ImportError:
+        write_synthetic_clips(cfg.data_dir, cfg.generate_if_missing, seed=seed)
+    else:
+        generate(cfg.data_dir, num_videos=cfg.generate_if_missing, seed=seed)
+
+
+def prepare_clips(cfg: TAEDataConfig, seed: int = 0) -> dict[str, list[str]]:
+    """{"train": paths, "val": paths (num_val held-out clips)}, generating a synthetic set first
+    when the directory is empty (rank 0 writes, the others wait at a barrier). Held-out clips
+    are the manifest's val rows when there is a manifest, else the last clips in sorted order."""
     clips = _find_clips(cfg.data_dir)
-    if not clips and cfg.generate_if_missing > 0:
+    if not clips["train"] and cfg.generate_if_missing > 0:
         if not dist.is_initialized() or dist.get_rank() == 0:
-            write_synthetic_clips(cfg.data_dir, cfg.generate_if_missing, seed=seed)
+            _generate_clips(cfg, seed)
         if dist.is_initialized():
             dist.barrier()
         clips = _find_clips(cfg.data_dir)
-    if len(clips) <= cfg.num_val:
-        raise ConfigError(f"data.data_dir: {cfg.data_dir} has {len(clips)} clips; need more than "
-                          f"data.num_val={cfg.num_val}")
-    return clips
+    train_clips, val_clips = clips["train"], clips["val"]
+    if len(val_clips) < cfg.num_val:  # top up the held-out set from the end of the train list
+        need = cfg.num_val - len(val_clips)
+        if len(train_clips) <= need:
+            raise ConfigError(f"data.data_dir: {cfg.data_dir} has {len(train_clips)} training "
+                              f"clips; need more than data.num_val={cfg.num_val}")
+        train_clips, val_clips = train_clips[:-need], val_clips + train_clips[-need:]
+    return {"train": train_clips, "val": val_clips[:cfg.num_val]}
 
 
-def build_clip_loader(cfg: TAEDataConfig, clips: list[str], split: str, num_frames: int,
-                      batch_size: int, dp_rank: int = 0, dp_size: int = 1, seed: int = 0
-                      ) -> Iterator[dict]:
+def build_clip_loader(cfg: TAEDataConfig, clips: dict[str, list[str]], split: str,
+                      num_frames: int, batch_size: int, dp_rank: int = 0, dp_size: int = 1,
+                      seed: int = 0) -> Iterator[dict]:
     """Yields {"video": [B, 3, num_frames, H, W] in [-1, 1]}: random clips of this rank's share
     of the split, random temporal and spatial crops. The one place the TAE trainer touches data:
-    switch it to ``moviegen.data.build_video_loader`` when that exists."""
-    names = clips[:-cfg.num_val] if split == "train" else clips[-cfg.num_val:]
-    names = names[dp_rank::dp_size] or names  # every rank needs at least one clip
+    switch it to ``moviegen.data.build_video_loader`` for bucketed, prefetched loading."""
+    names = clips[split][dp_rank::dp_size] or clips[split]  # every rank needs a clip
     cache: dict[str, torch.Tensor] = {}
     rng = random.Random(seed * 1000 + dp_rank)
     while True:
@@ -244,10 +272,10 @@ def build_clip_loader(cfg: TAEDataConfig, clips: list[str], split: str, num_fram
         yield {"video": torch.stack(batch)}
 
 
-def load_val_clips(cfg: TAEDataConfig, clips: list[str]) -> list[torch.Tensor]:
-    """Held-out clips, each [1, 3, val_frames, H, W] (the top-left training-size crop)."""
+def load_val_clips(cfg: TAEDataConfig, clips: dict[str, list[str]]) -> list[torch.Tensor]:
+    """Held-out clips, each [1, 3, <= val_frames, H, W] (the top-left training-size crop)."""
     out = []
-    for name in clips[-cfg.num_val:]:
+    for name in clips["val"]:
         v = read_video(name, num_frames=cfg.val_frames)[:, :, :cfg.height, :cfg.width]
         out.append(v.unsqueeze(0))
     return out
