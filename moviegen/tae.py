@@ -405,7 +405,7 @@ class TAE(nn.Module):
         h = self.encoder(video_BCTHW)
         if not self.cfg.variational:
             return h, None
-        mean, logvar = (p.contiguous() for p in h.chunk(2, dim=1))
+        mean, logvar = (p.clone() for p in h.chunk(2, dim=1))  # not views: FSDP hooks outputs
         return mean, logvar.clamp(-30.0, 20.0)
 
     def encode(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
@@ -421,8 +421,8 @@ class TAE(nn.Module):
         if not latent_frames(num_frames, self.temporal_compression) == t:
             raise ValueError(f"{t} latent frames decode to {full - self.temporal_compression + 1}"
                              f"..{full} frames, not {num_frames}")
-        video = self.decoder(z_BCthw)
-        return video if num_frames == full else video[:, :, :num_frames].contiguous()
+        # contiguous: a fresh tensor, not a (permuted) view, which FSDP's output hooks warn about
+        return self.decoder(z_BCthw)[:, :, :num_frames].contiguous()
 
     def forward(self, video_BCTHW: torch.Tensor, sample: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:

@@ -16,7 +16,7 @@ when it holds none, ``data.generate_if_missing`` synthetic moving-shape clips ar
 Writes ``<output_dir>/metrics.jsonl`` (step, loss, recon, opl, kl, lr, grad_norm, step_time_s,
 data_wait_s, kind, and psnr in dB on the held-out clips at eval steps),
 ``<output_dir>/tae.safetensors`` and ``<output_dir>/tae_config.json`` (load with
-``moviegen.tae.load_tae``). The saved config carries latent_shift / latent_scale measured on the
+``moviegen.tae.load_tae``), and ``<output_dir>/recon.gif`` (a held-out clip | its reconstruction). The saved config carries latent_shift / latent_scale measured on the
 held-out clips, so ``tae.scale_latents(z)`` has zero mean and unit variance for the diffusion model.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from moviegen.config import ConfigError, describe, load_config, parse_cli
 from moviegen.tae import (TAE, Conv25d, TAEConfig, kl_loss, outlier_penalty_loss, psnr,
                           save_tae)
-from moviegen.video_io import read_video, write_video
+from moviegen.video_io import read_video, write_gif, write_video
 
 
 # --------------------------------------------------------------------------- config
@@ -56,7 +56,8 @@ class TAEDataConfig:
     num_frames: int = 8
     """Frames per training video clip (any count encodes; multiples of ct waste nothing)."""
     height: int = 64
-    """Training crop height (random crop; must divide by the spatial compression)."""
+    """Training crop height (random crop; must divide by the spatial compression). Held-out
+    clips are reconstructed at full frame size."""
     width: int = 64
     """Training crop width."""
     batch_size: int = 4
@@ -272,12 +273,15 @@ def build_clip_loader(cfg: TAEDataConfig, clips: dict[str, list[str]], split: st
         yield {"video": torch.stack(batch)}
 
 
-def load_val_clips(cfg: TAEDataConfig, clips: dict[str, list[str]]) -> list[torch.Tensor]:
-    """Held-out clips, each [1, 3, <= val_frames, H, W] (the top-left training-size crop)."""
+def load_val_clips(cfg: TAEDataConfig, clips: dict[str, list[str]], multiple: int
+                   ) -> list[torch.Tensor]:
+    """Held-out clips at full frame size, each [1, 3, <= val_frames, H, W] (H and W cropped down
+    to a multiple of the spatial compression)."""
     out = []
     for name in clips["val"]:
-        v = read_video(name, num_frames=cfg.val_frames)[:, :, :cfg.height, :cfg.width]
-        out.append(v.unsqueeze(0))
+        v = read_video(name, num_frames=cfg.val_frames)
+        H, W = (v.shape[2] // multiple) * multiple, (v.shape[3] // multiple) * multiple
+        out.append(v[:, :, :H, :W].unsqueeze(0))
     return out
 
 
@@ -432,7 +436,7 @@ def train(cfg: TAEJobConfig) -> dict:
     d = cfg.data
     videos = build_clip_loader(d, clips, "train", d.num_frames, d.batch_size, rank, world, tc.seed)
     images = build_clip_loader(d, clips, "train", 1, d.image_batch_size, rank, world, tc.seed + 1)
-    val_clips = load_val_clips(d, clips)
+    val_clips = load_val_clips(d, clips, model.spatial_compression)
 
     os.makedirs(cfg.output_dir, exist_ok=True)
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
@@ -509,7 +513,12 @@ def train(cfg: TAEJobConfig) -> dict:
         state = full_state_dict(model)
     else:
         state = model.state_dict()
+    with torch.no_grad(), autocast:  # a held-out clip beside its reconstruction, to look at
+        model.eval()
+        clip = val_clips[0].to(device)
+        side_by_side = torch.cat([clip, model(clip, sample=False)[0].float().clamp(-1, 1)], dim=-1)
     if is_main:
+        write_gif(os.path.join(cfg.output_dir, "recon.gif"), side_by_side[0].cpu(), fps=8)
         save_tae(model, cfg.output_dir, state_dict=state)
         print(f"[train_tae] wrote {cfg.output_dir}/tae.safetensors (latent mean {z_mean:.3f}, "
               f"std {z_std:.3f})", flush=True)

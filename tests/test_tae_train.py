@@ -43,6 +43,7 @@ def test_short_training_run_writes_metrics_and_checkpoint(tmp_path, clip_dir):
         for key in ("loss", "recon", "opl", "lr", "step_time_s", "grad_norm"):
             assert isinstance(r[key], float), key
     assert result == {"step": 4, "psnr": rows[-1]["psnr"]}
+    assert (out / "recon.gif").exists()
     tae = load_tae(str(out / "tae.safetensors"))
     assert tae.cfg.base_channels == 8 and tae.cfg.latent_scale > 0
     assert tae.encode(torch.zeros(1, 3, 5, 32, 32)).shape == (1, 8, 2, 8, 8)
