@@ -122,8 +122,10 @@ def latent_frames(num_frames: int, temporal_compression: int) -> int:
 
 # --------------------------------------------------------------------------- building blocks
 def _groups(channels: int) -> int:
-    """The largest group count <= 32 that divides the channels."""
-    return max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
+    """The largest group count <= 32 that divides the channels and leaves >= 4 channels per group
+    (SD-VAE's 32 groups of 4 at width 128). A group of one channel would be an instance norm per
+    frame, which erases every channel's frame-wide mean: flat colours could not pass through."""
+    return max(g for g in range(1, min(32, max(1, channels // 4)) + 1) if channels % g == 0)
 
 
 class FrameGroupNorm(nn.GroupNorm):
