@@ -67,6 +67,9 @@ class TAEDataConfig:
     image_every: int = 4
     """Every this-many-th step is an image step (4: one image batch per three video batches;
     0: videos only)."""
+    augment: bool = True
+    """Random RGB channel order, horizontal flip and time reversal per training clip: a small
+    synthetic set has few distinct colours, and the TAE should not learn only those."""
     num_val: int = 4
     """Clips held out for PSNR and latent statistics (a manifest.jsonl's val rows when data_dir
     has one, else the last clips in sorted order)."""
@@ -256,6 +259,7 @@ def build_clip_loader(cfg: TAEDataConfig, clips: dict[str, list[str]], split: st
     names = clips[split][dp_rank::dp_size] or clips[split]  # every rank needs a clip
     cache: dict[str, torch.Tensor] = {}
     rng = random.Random(seed * 1000 + dp_rank)
+    gen = torch.Generator().manual_seed(seed * 1000 + dp_rank)
     while True:
         batch = []
         for _ in range(batch_size):
@@ -269,7 +273,14 @@ def build_clip_loader(cfg: TAEDataConfig, clips: dict[str, list[str]], split: st
                                  f"{num_frames}x{cfg.height}x{cfg.width}")
             t0, y0, x0 = (rng.randint(0, T - num_frames), rng.randint(0, H - cfg.height),
                           rng.randint(0, W - cfg.width))
-            batch.append(video[:, t0:t0 + num_frames, y0:y0 + cfg.height, x0:x0 + cfg.width])
+            clip = video[:, t0:t0 + num_frames, y0:y0 + cfg.height, x0:x0 + cfg.width]
+            if cfg.augment:
+                clip = clip[torch.randperm(3, generator=gen)]
+                if rng.random() < 0.5:
+                    clip = clip.flip(-1)
+                if rng.random() < 0.5:
+                    clip = clip.flip(1)
+            batch.append(clip)
         yield {"video": torch.stack(batch)}
 
 
