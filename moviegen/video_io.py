@@ -1,0 +1,120 @@
+"""Video files <-> tensors: [3, T, H, W] float in [-1, 1] (C, frames, height, width).
+
+    write_video("out.mp4", video_CTHW, fps=16)    # H.264 (libx264; mpeg4 if missing)
+    write_video("out.webm", video_CTHW, fps=16)   # VP9 (what DALI's CPU decoder reads)
+    write_gif("out.gif", video_CTHW, fps=16)      # preview, Pillow
+    video_CTHW = read_video("clip.webm", num_frames=16, start=0)
+    info = probe_video("out.mp4")                 # {"frames", "width", "height", "fps", "codec"}
+
+PyAV does the encoding and decoding; yuv420p needs even sizes, so odd H or W are padded by
+repeating the last row/column for mp4/webm (a GIF keeps the exact size).
+"""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from typing import Optional
+
+import numpy as np
+import torch
+
+_CODECS = {".mp4": ("libx264", "mpeg4"), ".webm": ("libvpx-vp9",), ".mkv": ("libx264", "libvpx-vp9")}
+
+
+def to_uint8_frames(video_CTHW: torch.Tensor) -> np.ndarray:
+    """[3, T, H, W] in [-1, 1] -> uint8 array [T, H, W, 3]."""
+    if video_CTHW.dim() != 4 or video_CTHW.shape[0] != 3:
+        raise ValueError(f"expected a video [3, T, H, W], got {tuple(video_CTHW.shape)}")
+    x = ((video_CTHW.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def from_uint8_frames(frames_THWC: np.ndarray) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> [3, T, H, W] float32 in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames_THWC)).float()
+    return (x / 127.5 - 1.0).permute(3, 0, 1, 2).contiguous()
+
+
+def _pick_codec(path: str, codec: Optional[str]) -> str:
+    import av
+
+    if codec is not None:
+        return codec
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _CODECS:
+        raise ValueError(f"{path}: unknown video extension (use one of {', '.join(_CODECS)})")
+    for name in _CODECS[ext]:
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:  # codec not built into this FFmpeg
+            continue
+    raise RuntimeError(f"no encoder for {ext} in this PyAV build (tried {_CODECS[ext]})")
+
+
+def write_video(path: str, video_CTHW: torch.Tensor, fps: int = 16, codec: Optional[str] = None,
+                crf: int = 18) -> str:
+    """Writes a [3, T, H, W] video in [-1, 1] to .mp4 (H.264) or .webm (VP9); returns path."""
+    import av
+
+    frames = to_uint8_frames(video_CTHW)
+    T, H, W, _ = frames.shape
+    if H % 2 or W % 2:  # yuv420p needs even sizes
+        frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+    codec = _pick_codec(path, codec)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        if codec in ("libx264", "libvpx-vp9"):
+            stream.options = {"crf": str(crf)}
+            if codec == "libvpx-vp9":
+                stream.options["b"] = "0"  # constant quality mode
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_gif(path: str, video_CTHW: torch.Tensor, fps: int = 16) -> str:
+    """Writes a looping GIF preview of a [3, T, H, W] video in [-1, 1]; returns path."""
+    from PIL import Image
+
+    frames = [Image.fromarray(f) for f in to_uint8_frames(video_CTHW)]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], loop=0,
+                   duration=max(1, round(1000 / fps)), optimize=False)
+    return path
+
+
+def read_video(path: str, num_frames: Optional[int] = None, start: int = 0) -> torch.Tensor:
+    """Decodes frames [start, start + num_frames) (all when None) -> [3, T, H, W] in [-1, 1]."""
+    import av
+
+    frames = []
+    with av.open(path) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i < start:
+                continue
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if num_frames is not None and len(frames) == num_frames:
+                break
+    if not frames:
+        raise ValueError(f"{path}: no frames at or after frame {start}")
+    return from_uint8_frames(np.stack(frames))
+
+
+def probe_video(path: str) -> dict:
+    """Decodes the whole file and reports what a player would see."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        n = sum(1 for _ in container.decode(video=0))
+        return {"frames": n, "width": stream.codec_context.width,
+                "height": stream.codec_context.height,
+                "fps": float(stream.average_rate) if stream.average_rate else None,
+                "codec": stream.codec_context.name}
