@@ -109,8 +109,6 @@ class DataConfig:
     (a fixed random Conv3d at the video config's compression, for runs without a TAE)."""
     tae_checkpoint: Optional[str] = None
     """Directory of a trained TAE (python -m moviegen.train_tae) for encoder=tae."""
-    latent_scale: float = 1.0
-    """Multiplier bringing TAE latents to roughly unit variance (encoder=tae)."""
     precomputed_dir: Optional[str] = None
     """data.kind=precomputed: output directory of python -m moviegen.precompute."""
 

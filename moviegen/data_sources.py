@@ -83,18 +83,22 @@ class RandomPatchEncoder(nn.Module):
 
 
 class TAELatentEncoder(nn.Module):
-    """A trained, frozen TAE as the online pixel -> latent encoder."""
+    """A trained, frozen TAE as the online pixel -> latent encoder.
 
-    def __init__(self, checkpoint: str, scale: float = 1.0):
+    Latents are normalised with the shift/scale train_tae measured on held-out clips
+    (``TAE.scale_latents``), so the transformer sees roughly unit-variance inputs; the
+    sampler undoes it with ``unscale_latents`` before decoding.
+    """
+
+    def __init__(self, checkpoint: str):
         super().__init__()
         from moviegen.tae import load_tae
 
         self.tae = load_tae(checkpoint).eval().requires_grad_(False)
-        self.scale = scale
 
     @torch.no_grad()
     def encode(self, video_BCTHW: torch.Tensor) -> torch.Tensor:
-        return self.tae.encode(video_BCTHW) * self.scale
+        return self.tae.scale_latents(self.tae.encode(video_BCTHW))
 
 
 def build_pixel_encoder(cfg, device) -> nn.Module | None:
@@ -106,7 +110,7 @@ def build_pixel_encoder(cfg, device) -> nn.Module | None:
         enc = RandomPatchEncoder(cfg.model.in_channels, d.video.temporal_compression,
                                  d.video.spatial_compression)
     else:
-        enc = TAELatentEncoder(d.tae_checkpoint, d.latent_scale)
+        enc = TAELatentEncoder(d.tae_checkpoint)
     return enc.to(device)
 
 

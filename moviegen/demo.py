@@ -116,27 +116,19 @@ def motion_of(track) -> str:
     return "from top to bottom" if dy > 0 else "from bottom to top"
 
 
-def stage_sample(out: str, prompts: list[str], num_frames: int, size: int) -> dict:
-    from moviegen.export import load_inference
-    from moviegen.sample import generate
-    from moviegen.tae import load_tae
-    from moviegen.video_io import write_gif, write_video
+def stage_sample(out: str, prompts: list[str]) -> dict:
+    from moviegen.export import default_latent_shape, load_inference
+    from moviegen.sample import generate, write_videos
 
-    model, cfg, encoders = load_inference(os.path.join(out, "transformer", "final"))
-    tae = load_tae(os.path.join(out, "tae"))
-    latent_shape = (cfg.model.in_channels, -(-num_frames // tae.temporal_compression),
-                    size // tae.spatial_compression, size // tae.spatial_compression)
-    latents = generate(model, encoders, cfg, prompts, latent_shape, seed=0)
-    with torch.no_grad():
-        videos = tae.decode_tiled(tae.unscale_latents(latents), num_frames=num_frames)
+    final = os.path.join(out, "transformer", "final")
+    model, cfg, encoders = load_inference(final)
+    latents = generate(model, encoders, cfg, prompts, default_latent_shape(final, cfg), seed=0)
     results = []
-    for i, (prompt, video) in enumerate(zip(prompts, videos)):
-        stem = os.path.join(out, f"sample_{i}")
-        write_video(stem + ".webm", video, fps=8)
-        write_gif(stem + ".gif", video, fps=8)
+    for i, (prompt, (path, video)) in enumerate(zip(prompts, write_videos(
+            latents, cfg.data.tae_checkpoint, os.path.join(out, "sample.webm"), fps=8))):
         colour = prompt.split()[1]
         track = shape_track(video, colour)
-        results.append({"prompt": prompt, "video": stem + ".webm", "gif": stem + ".gif",
+        results.append({"prompt": prompt, "video": path, "gif": os.path.splitext(path)[0] + ".gif",
                         "seen_in_training": prompt != PROMPT, "motion": motion_of(track),
                         "expected": prompt.split(" moves ")[1],
                         "track_xy": [[round(x, 3), round(y, 3)] for x, y in track]})
@@ -198,7 +190,7 @@ def main(argv=None) -> dict:
     summary["transformer"] = timed("transformer", stage_transformer, overrides)
     prompts = [PROMPT, "a red circle moves from left to right", "a blue square moves from right to left",
                "a green circle moves from top to bottom"]
-    summary.update(timed("sample", stage_sample, out, prompts, 16, 48))
+    summary.update(timed("sample", stage_sample, out, prompts))
     png = os.path.join(out, "loss.png")
     timed("plot", plot_losses, out, png)
     times["total"] = round(time.perf_counter() - t_all, 1)
@@ -206,7 +198,10 @@ def main(argv=None) -> dict:
     summary["wall_times_s"] = times
     with open(os.path.join(out, "demo_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(json.dumps({k: v for k, v in summary.items() if k != "precompute"}, indent=2))
+    brief = {k: v for k, v in summary.items() if k not in ("precompute", "samples")}
+    brief["samples"] = [{k: s[k] for k in ("prompt", "seen_in_training", "expected", "motion", "video")}
+                        for s in summary["samples"]]
+    print(json.dumps(brief, indent=2))
     return summary
 
 

@@ -1,7 +1,13 @@
-"""Generate latents (and, with a TAE, a video) for a prompt from an exported checkpoint.
+"""Generate a video (or latents) for a prompt from an exported checkpoint.
 
+    python -m moviegen.sample --checkpoint runs/demo/transformer/final \
+        --prompt "a red circle moves from right to left" --output out.webm
     python -m moviegen.sample --checkpoint runs/tiny/final \
-        --prompt "a red blob moves from left to right" --output runs/tiny/sample.pt
+        --prompt "a red blob moves from left to right" --output latents.pt
+
+An output ending in .webm/.mp4 is decoded with the run's TAE (kept in the export, or
+``--tae DIR``; tiled in time) and written with a GIF preview beside it, plus the latents
+as .pt; an output ending in .pt keeps only the latents.
 
 Runs the first-order Euler solve on the linear-quadratic schedule with classifier-free
 guidance. The latent shape defaults to the training data's; ``--frames/--height/--width``
@@ -14,7 +20,7 @@ import os
 
 import torch
 
-from moviegen.export import load_inference
+from moviegen.export import default_latent_shape, load_inference
 from moviegen.flow import euler_sample, guided_velocity, linear_quadratic_schedule
 from moviegen.text_encoders import null_text
 from moviegen.tokenizer import fps_prefix
@@ -42,7 +48,9 @@ def main(argv=None):
     ap.add_argument("--checkpoint", required=True, help="export directory (<output_dir>/final)")
     ap.add_argument("--prompt", required=True, action="append",
                     help="caption; repeat for a batch")
-    ap.add_argument("--output", required=True, help=".pt file for latents")
+    ap.add_argument("--output", required=True, help=".webm/.mp4 (decoded video) or .pt (latents)")
+    ap.add_argument("--tae", default=None, help="TAE directory (default: the export's)")
+    ap.add_argument("--fps", type=int, default=8, help="frame rate of the written video")
     ap.add_argument("--frames", type=int, default=None, help="latent frames")
     ap.add_argument("--height", type=int, default=None, help="latent height")
     ap.add_argument("--width", type=int, default=None, help="latent width")
@@ -53,14 +61,41 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
     model, cfg, encoders = load_inference(a.checkpoint, a.device, use_ema=a.ema)
-    d = cfg.data
-    shape = (cfg.model.in_channels, a.frames or d.latent_frames, a.height or d.latent_height,
-             a.width or d.latent_width)
+    C, T, H, W = default_latent_shape(a.checkpoint, cfg)
+    shape = (C, a.frames or T, a.height or H, a.width or W)
     latents = generate(model, encoders, cfg, a.prompt, shape, a.seed, a.steps, a.guidance, a.device)
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
-    torch.save({"latents": latents.cpu(), "prompts": a.prompt}, a.output)
-    print(f"wrote {a.output}: latents {tuple(latents.shape)}")
+    stem, ext = os.path.splitext(a.output)
+    torch.save({"latents": latents.cpu(), "prompts": a.prompt}, stem + ".pt")
+    print(f"wrote {stem}.pt: latents {tuple(latents.shape)}")
+    if ext in (".webm", ".mp4"):
+        write_videos(latents, a.tae or cfg.data.tae_checkpoint, a.output, a.fps)
+    elif ext != ".pt":
+        raise SystemExit(f"--output: use .webm, .mp4 or .pt, not '{ext}'")
     return latents
+
+
+def write_videos(latents, tae_dir: str | None, output: str, fps: int):
+    """Decodes (tiled in time) and writes one video + GIF per prompt; returns
+    [(path, video [3, T, H, W] in [-1, 1])]."""
+    from moviegen.tae import load_tae
+    from moviegen.video_io import write_gif, write_video
+
+    if not tae_dir:
+        raise SystemExit("no TAE to decode with: this run trained on latents without one; "
+                         "pass --tae DIR or write .pt")
+    tae = load_tae(tae_dir)
+    with torch.no_grad():
+        videos = tae.decode_tiled(tae.unscale_latents(latents.float()))
+    stem, ext = os.path.splitext(output)
+    paths = []
+    for i, video in enumerate(videos):
+        path = output if len(videos) == 1 else f"{stem}_{i}{ext}"
+        write_video(path, video, fps=fps)
+        write_gif(os.path.splitext(path)[0] + ".gif", video, fps=fps)
+        print(f"wrote {path} ({video.shape[1]} frames) and its .gif preview")
+        paths.append((path, video))
+    return paths
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ class Trainer:
         self.val_data = build_data(cfg, self.dp_rank, self.dp_size, "val")
         self.step = 0
         self._cost_cache: dict = {}
+        self.last_batch_shape: tuple | None = None  # set by train_step (host metadata)
         # t, noise and caption dropout: shared by a CP x TP group, distinct per DP rank
         self.gen = torch.Generator(device="cpu").manual_seed(
             cfg.train.seed + 17 + 7919 * self.dp_rank)
@@ -431,7 +432,9 @@ class Trainer:
         ema_state = self.ema.full_state_dict(self.model, is_main) if self.ema else None
         if is_main:
             export_inference(os.path.join(self.cfg.output_dir, "final"), state, self.cfg,
-                             self.text_encoders, ema_state_dict=ema_state)
+                             self.text_encoders, ema_state_dict=ema_state,
+                             latent_shape=self.last_batch_shape[1:] if self.last_batch_shape
+                             else None)
 
     def _skipped_files(self) -> int:
         stats = getattr(self.train_data, "stats", None)
