@@ -80,7 +80,7 @@ def stage_transformer(overrides: list[str]) -> dict:
     from moviegen import train
 
     history = train.main(["--config", DEMO_CONFIG, *overrides])
-    (s0, v0), (s1, v1) = history["val_loss"][0], history["val_loss"][-1]
+    (_, v0), (s1, v1) = history["val_loss"][0], history["val_loss"][-1]
     return {"val_loss_start": v0, "val_loss_end": v1, "steps": s1}
 
 

@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 
-import torch
 import yaml
 from safetensors.torch import load_file, save_file
 

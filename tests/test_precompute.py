@@ -1,6 +1,5 @@
 """Precompute: TAE latents + text embeddings as resumable shards; the trainer reads them."""
 import json
-import os
 
 import pytest
 import torch

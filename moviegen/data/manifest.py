@@ -84,9 +84,9 @@ def validate_row(row, where: str) -> dict:
     return out
 
 
-def read_rows(path: str) -> list[tuple[int, dict]]:
-    """(line number, validated row) for each non-blank line; slow, exact errors."""
-    rows = []
+def iter_jsonl(path: str):
+    """(line number, "path:line", parsed row) for each non-blank line of a .jsonl file;
+    a line that is not JSON raises ManifestError naming it."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -96,8 +96,12 @@ def read_rows(path: str) -> list[tuple[int, dict]]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ManifestError(f"{where}: not valid JSON ({e.msg})") from None
-            rows.append((lineno, validate_row(row, where)))
-    return rows
+            yield lineno, where, row
+
+
+def read_rows(path: str) -> list[tuple[int, dict]]:
+    """(line number, validated row) for each non-blank line; slow, exact errors."""
+    return [(lineno, validate_row(row, where)) for lineno, where, row in iter_jsonl(path)]
 
 
 def write_rows(path: str, rows) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from moviegen.data.buckets import assign_buckets, make_buckets
 from moviegen.data.config import VideoDataConfig, moviegen_256px, moviegen_768px
-from moviegen.data.manifest import (IMAGE_EXTS, VIDEO_EXTS, Manifest, ManifestError,
+from moviegen.data.manifest import (IMAGE_EXTS, VIDEO_EXTS, Manifest, ManifestError, iter_jsonl,
                                     guess_type, write_rows)
 
 PRESETS = {"tiny": VideoDataConfig, "256px": moviegen_256px, "768px": moviegen_768px}
@@ -76,29 +76,21 @@ def _probe_job(args):
 def read_input_rows(path: str) -> list[dict]:
     """Rows of an input .jsonl; only path/caption are required. Errors name the line."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ManifestError(f"{where}: row must be a JSON object")
-            for name in ("path", "caption"):
-                if name not in row:
-                    raise ManifestError(f"{where}: missing field '{name}'")
-                if not isinstance(row[name], str) or not row[name]:
-                    raise ManifestError(f"{where}: field '{name}' must be a non-empty string, "
-                                        f"got {row[name]!r}")
-            if row.get("split", "train") not in ("train", "val"):
-                raise ManifestError(f"{where}: field 'split' must be 'train' or 'val', "
-                                    f"got {row.get('split')!r}")
-            base = os.path.dirname(os.path.abspath(path))
-            p = row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"])
-            out.append({"abs": p, "caption": row["caption"], "split": row.get("split", "train")})
+    base = os.path.dirname(os.path.abspath(path))
+    for _, where, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise ManifestError(f"{where}: row must be a JSON object")
+        for name in ("path", "caption"):
+            if name not in row:
+                raise ManifestError(f"{where}: missing field '{name}'")
+            if not isinstance(row[name], str) or not row[name]:
+                raise ManifestError(f"{where}: field '{name}' must be a non-empty string, "
+                                    f"got {row[name]!r}")
+        if row.get("split", "train") not in ("train", "val"):
+            raise ManifestError(f"{where}: field 'split' must be 'train' or 'val', "
+                                f"got {row.get('split')!r}")
+        p = row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"])
+        out.append({"abs": p, "caption": row["caption"], "split": row.get("split", "train")})
     return out
 
 
