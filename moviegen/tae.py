@@ -198,10 +198,6 @@ class ResBlock(nn.Module):
         h = self.conv2(F.silu(self.norm2(h)))
         return self.skip(x_BCTHW) + h
 
-    def init_weights(self) -> None:
-        # the residual branch starts at zero, so a fresh block is its skip path
-        nn.init.zeros_(self.conv2.spatial.weight)
-        nn.init.zeros_(self.conv2.spatial.bias)
 
 
 class Attention(nn.Module):
@@ -233,9 +229,6 @@ class Attention(nn.Module):
             o = o_NSC.reshape(B, H, W, T, C).permute(0, 4, 3, 1, 2)
         return x_BCTHW + o
 
-    def init_weights(self) -> None:
-        nn.init.zeros_(self.out.weight)  # starts as the identity
-        nn.init.zeros_(self.out.bias)
 
 
 class MidBlock(nn.Module):
@@ -381,14 +374,14 @@ class TAE(nn.Module):
 
     def init_weights(self) -> None:
         """(Re)initialises every parameter; works after ``to_empty`` from the meta device."""
-        for m in self.modules():  # torch defaults; temporal convs start as the identity
+        # torch defaults, temporal convs as the identity. Zero-initialised residual branches
+        # (DiT-style) were tried: on the tiny preset they kept colour from being learned for
+        # hundreds of steps (a flat-colour probe stayed at chance), so they are not used.
+        for m in self.modules():
             if isinstance(m, TemporalConv):
                 m.init_weights()
             elif isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear, nn.GroupNorm)):
                 m.reset_parameters()
-        for m in self.modules():  # then zero the residual branches' last layers
-            if isinstance(m, (ResBlock, Attention)):
-                m.init_weights()
 
     # ---- inference
     def _check_video(self, video_BCTHW: torch.Tensor) -> None:
