@@ -57,7 +57,9 @@ def stage_tae(out: str, manifest: str, steps: int) -> dict:
     tae_dir = os.path.join(out, "tae")
     train_tae.main(["--config", TAE_CONFIG, f"--output_dir={tae_dir}",
                     f"--data.data_dir={os.path.dirname(manifest)}", f"--train.steps={steps}",
-                    f"--train.val_every={max(steps // 4, 1)}", "--data.generate_if_missing=0"])
+                    f"--train.val_every={max(steps // 4, 1)}", "--data.generate_if_missing=0",
+                    # full 48 px frames of a fixed palette: no crops, no colour shuffling
+                    "--data.height=48", "--data.width=48", "--data.augment=false"])
     psnr = [r["psnr"] for r in read_metrics(tae_dir) if r.get("psnr") is not None]
     return {"dir": tae_dir, "psnr_db": psnr[-1] if psnr else None}
 
