@@ -209,6 +209,18 @@ def _python_rng_from_tensor(d: dict):
 
 
 # --------------------------------------------------------------------------- pointer
+def replace_dir(src: str, dst: str, parking: str) -> None:
+    """Moves the finished directory ``src`` to ``dst``; an existing ``dst`` is parked at
+    ``parking`` for the instant of the swap, then removed (two renames, no copy)."""
+    if os.path.exists(dst):
+        shutil.rmtree(parking, ignore_errors=True)
+        os.replace(dst, parking)
+        os.replace(src, dst)
+        shutil.rmtree(parking, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
 def _fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -373,14 +385,8 @@ class CheckpointManager:
             return
         final = os.path.join(self.root, step_dir_name(step))
         _fsync_dir(tmp)
-        if os.path.exists(final):  # saved again at the same step (e.g. after a resume)
-            old = os.path.join(self.root, TMP_PREFIX + "old-" + step_dir_name(step))
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        # saved again at the same step (e.g. after a resume): swap the old one out
+        replace_dir(tmp, final, os.path.join(self.root, TMP_PREFIX + "old-" + step_dir_name(step)))
         _fsync_dir(self.root)
         _atomic_write_text(os.path.join(self.root, LATEST), step_dir_name(step) + "\n")
         logger.info("checkpoint %s committed", final)

@@ -18,6 +18,7 @@ import tempfile
 import yaml
 from safetensors.torch import load_file, save_file
 
+from moviegen.checkpoint import replace_dir
 from moviegen.config import JobConfig, build_dataclass
 from moviegen.model import MovieGenTransformer, build_model, resolve_model_args
 
@@ -51,14 +52,7 @@ def export_inference(directory: str, state_dict: dict, cfg: JobConfig, text_enco
     if ema_state_dict is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in ema_state_dict.items()},
                   os.path.join(tmp, "ema.safetensors"))
-    if os.path.exists(directory):
-        old = directory + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
+    replace_dir(tmp, directory, directory + ".old")
     return directory
 
 
