@@ -83,6 +83,33 @@ _TUNE_KEY = ["TUNE_S_Q", "TUNE_S_K", "HEAD_DIM", "HAS_MASK"]
 # ----------------------------------------------------------------------------- forward
 
 @triton.jit
+def _mask_scores(qk, offs_n, mask_base, S_K,
+                 HAS_MASK: tl.constexpr, CHECK_BOUNDS: tl.constexpr):
+    """-inf where a key is padding (mask == 0) or past the end of the sequence."""
+    if HAS_MASK:
+        if CHECK_BOUNDS:
+            valid = tl.load(mask_base + offs_n, mask=offs_n < S_K, other=0) != 0
+        else:
+            valid = tl.load(mask_base + offs_n) != 0
+        qk = tl.where(valid[None, :], qk, float("-inf"))
+    elif CHECK_BOUNDS:
+        qk = tl.where((offs_n < S_K)[None, :], qk, float("-inf"))
+    return qk
+
+
+@triton.jit
+def _online_softmax(qk, m_i, l_i):
+    """One block of the streaming softmax: (p, alpha, new max, new row sum).
+
+    m_i starts finite (-1e30), so a block with every key masked gives p = 0 and
+    alpha = 1 instead of exp(-inf - -inf) = NaN."""
+    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+    p = tl.math.exp2(qk - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=1)
+
+
+@triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kn, stride_vn,
                     start, end, S_K, qk_scale, offs_e,
                     HAS_MASK: tl.constexpr, CHECK_BOUNDS: tl.constexpr,
@@ -99,22 +126,9 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kn, stri
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
         qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale  # [M, N]
-        if HAS_MASK:
-            if CHECK_BOUNDS:
-                valid = tl.load(mask_base + offs_n, mask=in_bounds, other=0) != 0
-            else:
-                valid = tl.load(mask_base + offs_n) != 0
-            qk = tl.where(valid[None, :], qk, float("-inf"))
-        elif CHECK_BOUNDS:
-            qk = tl.where(in_bounds[None, :], qk, float("-inf"))
-        # m_i starts finite (-1e30), so a block with every key masked gives p = 0 and
-        # alpha = 1 instead of exp(-inf - -inf) = NaN.
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        p = tl.math.exp2(qk - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        qk = _mask_scores(qk, offs_n, mask_base, S_K, HAS_MASK, CHECK_BOUNDS)
+        p, alpha, m_i, l_i = _online_softmax(qk, m_i, l_i)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
-        m_i = m_new
     return acc, l_i, m_i
 
 
@@ -180,21 +194,10 @@ def _attn_fwd_inner_tma(acc, l_i, m_i, q, desc_k, desc_v, b, h, mask_base,
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = desc_k.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
         qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
-        if HAS_MASK:
-            if CHECK_BOUNDS:
-                valid = tl.load(mask_base + offs_n, mask=offs_n < S_K, other=0) != 0
-            else:
-                valid = tl.load(mask_base + offs_n) != 0
-            qk = tl.where(valid[None, :], qk, float("-inf"))
-        elif CHECK_BOUNDS:
-            qk = tl.where((offs_n < S_K)[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        p = tl.math.exp2(qk - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        qk = _mask_scores(qk, offs_n, mask_base, S_K, HAS_MASK, CHECK_BOUNDS)
+        p, alpha, m_i, l_i = _online_softmax(qk, m_i, l_i)
         v = desc_v.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
-        m_i = m_new
     return acc, l_i, m_i
 
 
