@@ -155,6 +155,7 @@ class Trainer:
         self.pixel_encoder = build_pixel_encoder(cfg, self.device)  # data.kind=video only
         self.train_data = build_data(cfg, self.dp_rank, self.dp_size, "train")
         self.val_data = build_data(cfg, self.dp_rank, self.dp_size, "val")
+        self._val_start = self.val_data.state_dict()  # every validation replays this epoch
         self.step = 0
         self._cost_cache: dict = {}
         self.last_batch_shape: tuple | None = None  # set by train_step (host metadata)
@@ -287,7 +288,8 @@ class Trainer:
         """Mean velocity MSE over the held-out set, with fixed t and noise every time."""
         self.model.eval()
         gen = torch.Generator().manual_seed(self.cfg.train.seed + 4242)
-        data = build_data(self.cfg, self.dp_rank, self.dp_size, "val")
+        data = self.val_data
+        data.load_state_dict(self._val_start)
         total, n = torch.zeros((), device=self.device), 0
         for _ in range(num_batches(data)):
             inputs = self.prepare_batch(next(data), gen, drop_text=False)
