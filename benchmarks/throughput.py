@@ -29,6 +29,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from moviegen.flops import device_peak_tflops, flops_per_sample  # noqa: E402
+from moviegen.metrics import max_memory_gb  # noqa: E402
 from moviegen.model import MODEL_REGISTRY, ModelArgs, MovieGenTransformer  # noqa: E402
 from parallel.activation_checkpoint import apply_activation_checkpointing  # noqa: E402
 
@@ -46,13 +47,6 @@ def grid_for(seq_len: int) -> tuple[int, int, int]:
             if h > 1 or t == 1:
                 return t, h, hw // h
     return 1, 1, seq_len
-
-
-def peak_mem_gb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def run_case(args, device, dtype, kernels: str, ac: str, compile_: bool) -> dict:
@@ -108,7 +102,7 @@ def run_case(args, device, dtype, kernels: str, ac: str, compile_: bool) -> dict
            "batch": B, "kernels": model.blocks["0"].attn_norm.backend, "ac": ac, "compile": compile_,
            "dtype": str(dtype).replace("torch.", ""), "step_s": step_s,
            "tokens_per_s": B * args.seq_len / step_s, "tflops": tflops,
-           "mfu": tflops / peak if peak else None, "peak": peak_name, "peak_mem_gb": peak_mem_gb(device)}
+           "mfu": tflops / peak if peak else None, "peak": peak_name, "peak_mem_gb": max_memory_gb(device)}
     del model, opt
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -91,16 +91,21 @@ class SyntheticLatentLoader:
         self.dataset, self.batch_size = dataset, batch_size
         self.dp_rank, self.dp_size, self.seed, self.shuffle = dp_rank, dp_size, seed, shuffle
         self.epoch, self.batch_in_epoch = 0, 0
+        self._order_epoch, self._order = None, []
         self.batches_per_epoch = per_rank // batch_size
 
     def _epoch_indices(self, epoch: int) -> list[int]:
+        """This rank's sample order for ``epoch``, computed once per epoch."""
+        if self._order_epoch == epoch:
+            return self._order
         n = len(self.dataset)
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
         else:
             order = torch.arange(n)
         usable = (n // self.dp_size) * self.dp_size
-        return order[:usable][self.dp_rank::self.dp_size].tolist()
+        self._order_epoch, self._order = epoch, order[:usable][self.dp_rank::self.dp_size].tolist()
+        return self._order
 
     def __iter__(self):
         return self

@@ -169,6 +169,7 @@ class PrecomputedLoader:
         for si, s in enumerate(self.shards):
             self.by_bucket.setdefault(s["bucket"], []).extend((si, i) for i in range(s["num_samples"]))
         self.epoch, self.batch_in_epoch = 0, 0
+        self._plan_epoch, self._plan_cache = None, []
         self._cache: dict[int, dict] = {}
         self._max_open = max_open_shards
         if self.batches_per_epoch() == 0:
@@ -188,8 +189,14 @@ class PrecomputedLoader:
         usable = len(batches) - len(batches) % self.dp_size
         return batches[:usable][self.dp_rank::self.dp_size]
 
+    def _epoch_plan(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """The plan of ``epoch``, computed once per epoch rather than once per batch."""
+        if self._plan_epoch != epoch:
+            self._plan_cache, self._plan_epoch = self._plan(epoch), epoch
+        return self._plan_cache
+
     def batches_per_epoch(self) -> int:
-        return len(self._plan(0))
+        return len(self._epoch_plan(self.epoch))
 
     def _shard(self, si: int) -> dict:
         if si not in self._cache:
@@ -206,10 +213,10 @@ class PrecomputedLoader:
         return self
 
     def __next__(self) -> dict:
-        plan = self._plan(self.epoch)
+        plan = self._epoch_plan(self.epoch)
         if self.batch_in_epoch >= len(plan):
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            plan = self._plan(self.epoch)
+            plan = self._epoch_plan(self.epoch)
         items = plan[self.batch_in_epoch]
         self.batch_in_epoch += 1
         shards = [self._shard(si) for si, _ in items]
