@@ -52,7 +52,7 @@ def measure_tiny_activation_error() -> list[dict]:
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from moviegen.flow import flow_matching_loss
-    from moviegen.model import ModelArgs, build_model
+    from moviegen.models.transformer import ModelArgs, build_model
     from parallel.activation_checkpoint import apply_activation_checkpointing
 
     rows = []
@@ -83,7 +83,7 @@ def plan(world: int, tps, cps, acs, dp_replicate: int = 1) -> list[dict]:
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    from moviegen.model import DEFAULT_TEXT_DIMS, MODEL_REGISTRY, ModelArgs, MovieGenTransformer
+    from moviegen.models.transformer import DEFAULT_TEXT_DIMS, MODEL_REGISTRY, ModelArgs, MovieGenTransformer
     from parallel.parallel_dims import ParallelDims
     from parallel.parallelize import parallelize
 

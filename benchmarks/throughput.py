@@ -6,7 +6,7 @@
 
 One full training step (forward, backward, AdamW) per timing, after warm-up, for every
 combination of --kernels x --ac x --compile in one run. Reports tokens/s, model TFLOP/s
-(moviegen.flops: recomputation not credited), MFU against 989 TFLOP/s dense bf16 (H100
+(moviegen.models.flops: recomputation not credited), MFU against 989 TFLOP/s dense bf16 (H100
 SXM; also used for H200, whose dense bf16 peak is the same) on CUDA, and peak memory
 (CUDA: peak allocated; CPU: the process's peak RSS, which AC modes barely move).
 Writes benchmarks/results/throughput_<device>.json and .md.
@@ -28,9 +28,9 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from moviegen.flops import device_peak_tflops, flops_per_sample  # noqa: E402
-from moviegen.metrics import max_memory_gb  # noqa: E402
-from moviegen.model import MODEL_REGISTRY, ModelArgs, MovieGenTransformer  # noqa: E402
+from moviegen.models.flops import device_peak_tflops, flops_per_sample  # noqa: E402
+from moviegen.training.metrics import max_memory_gb  # noqa: E402
+from moviegen.models.transformer import MODEL_REGISTRY, ModelArgs, MovieGenTransformer  # noqa: E402
 from parallel.activation_checkpoint import apply_activation_checkpointing  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAE_CONFIG = os.path.join(ROOT, "launch", "configs", "tae_tiny.yaml")
 DEMO_CONFIG = os.path.join(ROOT, "launch", "configs", "demo.yaml")
 
-COLOURS = ("red", "green", "blue", "yellow")
+DEMO_COLORS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square")
 HELD_OUT = ("red", "from right to left")  # never in training, in any shape
 PROMPT = f"a {HELD_OUT[0]} circle moves {HELD_OUT[1]}"
@@ -45,14 +45,14 @@ def stage_data(out: str, n_videos: int) -> str:
 
     return synthetic.generate(os.path.join(out, "data"), num_videos=n_videos, num_images=n_videos // 8,
                               seed=0, val_fraction=0.1, min_duration=2.0, max_duration=2.0,
-                              short_sides=(48,), frame_rates=(8,), colors=list(COLOURS),
+                              short_sides=(48,), frame_rates=(8,), colors=list(DEMO_COLORS),
                               shapes=list(SHAPES), aspect_ratios=["1:1"],
                               exclude=[f"{HELD_OUT[0]}+{HELD_OUT[1]}"])
 
 
 def stage_tae(out: str, manifest: str, steps: int) -> dict:
     from moviegen import train_tae
-    from moviegen.metrics import read_metrics
+    from moviegen.training.metrics import read_metrics
 
     tae_dir = os.path.join(out, "tae")
     train_tae.main(["--config", TAE_CONFIG, f"--output_dir={tae_dir}",
@@ -119,7 +119,7 @@ def motion_of(track) -> str:
 
 
 def stage_sample(out: str, prompts: list[str]) -> dict:
-    from moviegen.export import default_latent_shape, load_inference
+    from moviegen.training.export import default_latent_shape, load_inference
     from moviegen.sample import generate, write_videos
 
     final = os.path.join(out, "transformer", "final")
@@ -143,7 +143,7 @@ def plot_losses(out: str, png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from moviegen.metrics import read_metrics
+    from moviegen.training.metrics import read_metrics
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, name, key in ((axes[0], "tae", "loss"), (axes[1], "transformer", "loss")):

@@ -7,7 +7,7 @@
 
 Parameters are counted from the module itself (no memory: meta device), with the real
 text-encoder widths (UL2 4096, ByT5 1472, MetaCLIP 1024) for the large sizes. FLOPs per
-training sample follow moviegen.flops (forward + backward, recomputation not credited).
+training sample follow moviegen.models.flops (forward + backward, recomputation not credited).
 ``memory_per_gpu`` (GB = 1e9 bytes) for the layout given by --world/--dp_replicate/--cp/
 --tp/--ac: parameter/gradient/AdamW bytes per rank (fp32 master, FSDP over dp_shard x cp,
 TP-sharded projections split tp ways as in parallel/tensor_parallel.py's plan), the FSDP
@@ -21,8 +21,8 @@ import json
 
 import torch
 
-from moviegen.flops import flops_per_sample, tokens_for
-from moviegen.model import (DEFAULT_TEXT_DIMS, MODEL_REGISTRY, ModelArgs, MovieGenTransformer,
+from moviegen.models.flops import flops_per_sample, tokens_for
+from moviegen.models.transformer import (DEFAULT_TEXT_DIMS, MODEL_REGISTRY, ModelArgs, MovieGenTransformer,
                             count_parameters)
 
 TEXT_TOKENS = {"ul2": 256, "byt5": 256, "metaclip": 256}

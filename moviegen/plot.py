@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from moviegen.metrics import read_metrics
+from moviegen.training.metrics import read_metrics
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -6,118 +6,28 @@
 Reads the video/image files of ``data.video`` (train and val splits) through the data
 loader, encodes pixels with the frozen TAE of ``data.tae_checkpoint`` (scaled latents)
 and captions with the configured text encoders, and writes sharded safetensors under
-``data.precomputed_dir``:
-
-    <dir>/train/r<rank>_b<batch>.safetensors   one loader batch (one bucket, one shape)
-    <dir>/val/...
-    <dir>/index.json                           shards, sample counts, shapes, encoders
-
-Each shard is written to a temporary name and renamed, so a shard on disk is complete.
-A rerun skips finished shards (it seeks the loader past them without decoding) and
-rewrites the index. The trainer reads the shards with ``data.kind: precomputed``
-(most video-DiT trainers' fast path: no decode, no TAE, no text encoder per step).
+``data.precomputed_dir`` (format: moviegen/data/precomputed.py). A rerun skips finished
+shards and rewrites the index. Train on them with ``data.kind: precomputed``.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import random
 import sys
 import time
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from moviegen.config import ConfigError, load_config, parse_cli, validate_config
+from moviegen.config import ConfigError, JobConfig, check, run_cli
+from moviegen.data.precomputed import SPLITS, precompute_split, write_index
 
 logger = logging.getLogger("moviegen.precompute")
-SPLITS = ("train", "val")
-
-
-def shard_name(rank: int, batch_index: int) -> str:
-    return f"r{rank:04d}_b{batch_index:06d}.safetensors"
-
-
-def _seek(loader, batch_index: int) -> None:
-    """Moves a fresh loader to ``batch_index`` of epoch 0 without decoding anything."""
-    state = loader.state_dict()
-    state["epoch"], state["batch_index"] = 0, batch_index
-    loader.load_state_dict(state)
-
-
-def precompute_split(cfg, split: str, out_dir: str, rank: int, world: int, encoder,
-                     text_encoders, device) -> dict:
-    from moviegen.data import build_video_loader
-
-    split_dir = os.path.join(out_dir, split)
-    os.makedirs(split_dir, exist_ok=True)
-    loader = build_video_loader(cfg.data.video, dp_rank=rank, dp_size=world,
-                                seed=cfg.train.seed, split=split)
-    total = loader.batches_per_epoch()
-    done = {k for k in range(total) if os.path.exists(os.path.join(split_dir, shard_name(rank, k)))}
-    written = skipped_existing = 0
-    k = 0
-    while k < total:
-        if k in done:
-            k += 1
-            skipped_existing += 1
-            continue
-        if loader.epoch != 0 or loader.batch_index != k:
-            _seek(loader, k)
-        batch = next(loader)
-        produced = loader.batch_index - 1 if loader.epoch == 0 else total - 1
-        video = batch["video"].to(device)
-        with torch.no_grad():
-            latents = encoder.encode(video).float().cpu()
-            embeds, masks = text_encoders.encode(batch["captions"])
-        tensors = {"latents": latents.contiguous()}
-        for name in embeds:
-            tensors[f"text.{name}.emb"] = embeds[name].float().cpu().contiguous()
-            tensors[f"text.{name}.mask"] = masks[name].cpu().contiguous()
-        meta = {"captions": json.dumps(batch["captions"]), "bucket": batch["bucket"],
-                "paths": json.dumps(batch["paths"])}
-        final = os.path.join(split_dir, shard_name(rank, produced))
-        tmp = final + ".tmp"
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, final)
-        written += 1
-        k = produced + 1 if loader.epoch == 0 else total
-    loader.close()
-    return {"written": written, "already_done": skipped_existing,
-            "skipped_files": loader.stats()["skipped_files"]}
-
-
-def write_index(out_dir: str, cfg, text_dims: dict) -> dict:
-    shards = []
-    for split in SPLITS:
-        split_dir = os.path.join(out_dir, split)
-        if not os.path.isdir(split_dir):
-            continue
-        for fname in sorted(os.listdir(split_dir)):
-            if not fname.endswith(".safetensors"):
-                continue
-            path = os.path.join(split, fname)
-            with safe_open(os.path.join(out_dir, path), framework="pt") as f:
-                shape = list(f.get_slice("latents").get_shape())
-                bucket = f.metadata()["bucket"]
-            shards.append({"file": path, "split": split, "bucket": bucket,
-                           "num_samples": shape[0], "latent_shape": shape[1:]})
-    index = {"version": 1, "shards": shards, "text_dims": text_dims,
-             "tae_checkpoint": cfg.data.tae_checkpoint,
-             "num_samples": {s: sum(x["num_samples"] for x in shards if x["split"] == s)
-                             for s in SPLITS}}
-    tmp = os.path.join(out_dir, "index.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(index, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, "index.json"))
-    return index
 
 
 def run(cfg) -> dict:
-    from moviegen.data_sources import TAELatentEncoder
-    from moviegen.text_encoders import TextEncoders
+    from moviegen.data.sources import TAELatentEncoder
+    from moviegen.models.text_encoders import TextEncoders
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
@@ -147,115 +57,25 @@ def run(cfg) -> dict:
     return report
 
 
-class PrecomputedLoader:
-    """Batches of precomputed latents + text embeddings, resumable and DP-sharded.
-
-    A batch holds samples of one bucket (one latent shape). Per epoch the samples of each
-    bucket are shuffled with (seed, epoch) and cut into batches; the batch order is
-    shuffled too and dealt round-robin to data-parallel ranks.
-    """
-
-    def __init__(self, directory: str, split: str, batch_size: int, dp_rank: int,
-                 dp_size: int, seed: int, max_open_shards: int = 16):
-        with open(os.path.join(directory, "index.json")) as f:
-            self.index = json.load(f)
-        self.dir, self.split, self.batch_size = directory, split, batch_size
-        self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
-        self.shards = [s for s in self.index["shards"] if s["split"] == split]
-        if not self.shards:
-            raise RuntimeError(f"{directory}/index.json lists no '{split}' shards "
-                               f"(rerun python -m moviegen.precompute)")
-        self.by_bucket: dict[str, list[tuple[int, int]]] = {}
-        for si, s in enumerate(self.shards):
-            self.by_bucket.setdefault(s["bucket"], []).extend((si, i) for i in range(s["num_samples"]))
-        self.epoch, self.batch_in_epoch = 0, 0
-        self._plan_epoch, self._plan_cache = None, []
-        self._cache: dict[int, dict] = {}
-        self._max_open = max_open_shards
-        if self.batches_per_epoch() == 0:
-            raise RuntimeError(f"{directory}: {split} split has too few samples for "
-                               f"{dp_size} data-parallel ranks")
-
-    def _plan(self, epoch: int) -> list[list[tuple[int, int]]]:
-        rng = random.Random(self.seed * 1_000_003 + epoch)
-        batches = []
-        for bucket in sorted(self.by_bucket):
-            items = list(self.by_bucket[bucket])
-            if self.split == "train":
-                rng.shuffle(items)
-            batches += [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
-        if self.split == "train":
-            rng.shuffle(batches)
-        usable = len(batches) - len(batches) % self.dp_size
-        return batches[:usable][self.dp_rank::self.dp_size]
-
-    def _epoch_plan(self, epoch: int) -> list[list[tuple[int, int]]]:
-        """The plan of ``epoch``, computed once per epoch rather than once per batch."""
-        if self._plan_epoch != epoch:
-            self._plan_cache, self._plan_epoch = self._plan(epoch), epoch
-        return self._plan_cache
-
-    def batches_per_epoch(self) -> int:
-        return len(self._epoch_plan(self.epoch))
-
-    def _shard(self, si: int) -> dict:
-        if si not in self._cache:
-            if len(self._cache) >= self._max_open:
-                self._cache.pop(next(iter(self._cache)))
-            path = os.path.join(self.dir, self.shards[si]["file"])
-            with safe_open(path, framework="pt") as f:
-                data = {k: f.get_tensor(k) for k in f.keys()}
-                data["captions"] = json.loads(f.metadata()["captions"])
-            self._cache[si] = data
-        return self._cache[si]
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        plan = self._epoch_plan(self.epoch)
-        if self.batch_in_epoch >= len(plan):
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            plan = self._epoch_plan(self.epoch)
-        items = plan[self.batch_in_epoch]
-        self.batch_in_epoch += 1
-        shards = [self._shard(si) for si, _ in items]
-        latents = torch.stack([sh["latents"][i] for sh, (_, i) in zip(shards, items)])
-        names = [k[len("text."):-len(".emb")] for k in shards[0] if k.endswith(".emb")]
-        embeds = {n: torch.stack([sh[f"text.{n}.emb"][i] for sh, (_, i) in zip(shards, items)])
-                  for n in names}
-        masks = {n: torch.stack([sh[f"text.{n}.mask"][i] for sh, (_, i) in zip(shards, items)])
-                 for n in names}
-        return {"latents": latents, "text_embeds": embeds, "text_masks": masks,
-                "captions": [sh["captions"][i] for sh, (_, i) in zip(shards, items)]}
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "dp_rank": self.dp_rank, "dp_size": self.dp_size, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
-
-    def stats(self) -> dict:
-        return {"skipped_files": 0, "seen_files": 0}
-
-
-def main(argv=None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        stream=sys.stdout)
+def _run_checked(cfg: JobConfig) -> dict:
     try:
-        path, overrides = parse_cli(argv, __doc__)
-        cfg = load_config(path, overrides, validate=False)
-        if cfg.data.precomputed_dir is None:
-            raise ConfigError("data.precomputed_dir: set where the shards go")
-        cfg.data.kind, cfg.data.encoder = "video", "tae"  # what is read and how
-        validate_config(cfg)
+        check(cfg.data.precomputed_dir is not None, "data.precomputed_dir",
+              "set where the shards go")
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2)
     report = run(cfg)
     print(json.dumps(report, indent=1))
     return report
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # what is read and how: video files through the run's TAE, whatever data.kind says
+    return run_cli(_run_checked, JobConfig, argv + ["--data.kind=video", "--data.encoder=tae"],
+                   __doc__)
 
 
 if __name__ == "__main__":

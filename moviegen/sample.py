@@ -20,10 +20,10 @@ import os
 
 import torch
 
-from moviegen.export import default_latent_shape, load_inference
+from moviegen.training.export import default_latent_shape, load_inference
 from moviegen.flow import euler_sample, guided_velocity, linear_quadratic_schedule
-from moviegen.text_encoders import null_text
-from moviegen.tokenizer import fps_prefix
+from moviegen.models.text_encoders import null_text
+from moviegen.models.tokenizer import fps_prefix
 
 
 @torch.no_grad()
@@ -78,8 +78,8 @@ def main(argv=None):
 def write_videos(latents, tae_dir: str | None, output: str, fps: int):
     """Decodes (tiled in time) and writes one video + GIF per prompt; returns
     [(path, video [3, T, H, W] in [-1, 1])]."""
-    from moviegen.tae import load_tae
-    from moviegen.video_io import write_gif, write_video
+    from moviegen.models.tae import load_tae
+    from moviegen.data.video_io import write_gif, write_video
 
     if not tae_dir:
         raise SystemExit("no TAE to decode with: this run trained on latents without one; "

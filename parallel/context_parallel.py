@@ -32,8 +32,6 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
-from moviegen.model import Attention
-
 
 # --------------------------------------------------------------------------- gathers
 def _all_gather_tokens_async(x_BSE: torch.Tensor, group) -> torch.Tensor:
@@ -47,9 +45,10 @@ def _tokens_back(x_SBE: torch.Tensor) -> torch.Tensor:
     return x_SBE.transpose(0, 1)  # waits here, on first use
 
 
-class ContextParallelAttention(Attention):
-    """Self-attention over the full context from a sequence shard (class-swapped in, so
-    parameter names and TP hooks stay as they were)."""
+class ContextParallelAttention:
+    """Self-attention over the full context from a sequence shard. A mixin placed in front
+    of the model's attention class (class swap), so parameter names and TP hooks stay as
+    they were; it needs ``wq``/``wk``/``wv``/``wo`` projections, ``head_dim`` and ``core``."""
 
     cp_group: object = None
 
@@ -108,5 +107,12 @@ def apply_context_parallel(model, seq_mesh, cp_mesh) -> None:
     model.final_layer.register_forward_hook(gather_tokens)
     if cp_mesh is not None and cp_mesh.size() > 1:
         for block in model.blocks.values():
-            block.attn.__class__ = ContextParallelAttention
+            cls = type(block.attn)
+            if cls not in _CP_CLASSES:
+                _CP_CLASSES[cls] = type(f"ContextParallel{cls.__name__}",
+                                        (ContextParallelAttention, cls), {})
+            block.attn.__class__ = _CP_CLASSES[cls]
             block.attn.cp_group = cp_mesh.get_group()
+
+
+_CP_CLASSES: dict[type, type] = {}

@@ -1,13 +1,14 @@
 """The one object that knows the layout: dp_replicate x dp_shard x cp x tp == world size.
 
     dims = ParallelDims.from_config(cfg.parallel, world_size)   # validates, no comms
-    dims.validate_model(model_args)                           # heads / FFN vs tp
+    dims.validate_model(n_heads=48, ffn_dim=16384)            # heads / FFN vs tp
     dims.validate_buckets([("256px_4s", 8, 32, 32)], patch)   # tokens vs cp x tp
     mesh = dims.build_mesh("cuda")                            # after init_process_group
 
 Every check here is a pure function of the config and the world size, so every rank
-raises the same ``ConfigError`` before any process group or collective exists: an
-invalid layout fails fast on all ranks instead of hanging in a collective.
+raises the same ``LayoutError`` before any process group or collective exists: an
+invalid layout fails fast on all ranks instead of hanging in a collective. This module
+knows nothing of the model or data classes: callers pass the numbers.
 
 Mesh dimensions (outermost first): ("dp_replicate", "dp_shard", "cp", "tp"), so TP is
 the fastest-varying rank index (neighbours on one NVSwitch host), then CP. Flattened:
@@ -19,7 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moviegen.config import ConfigError
+
+
+class LayoutError(ValueError):
+    """The layout does not fit the world size, the model or the data ("parallel.key: why")."""
+
 
 MESH_DIM_NAMES = ("dp_replicate", "dp_shard", "cp", "tp")
 
@@ -40,18 +45,18 @@ class ParallelDims:
                       parallel_cfg.cp, parallel_cfg.tp)
         for key, v in (("dp_replicate", r), ("cp", c), ("tp", t)):
             if v < 1:
-                raise ConfigError(f"parallel.{key}: must be >= 1, got {v}")
+                raise LayoutError(f"parallel.{key}: must be >= 1, got {v}")
         if s == -1:
             fixed = r * c * t
             if world_size % fixed:
-                raise ConfigError(
+                raise LayoutError(
                     f"parallel: dp_replicate={r} x cp={c} x tp={t} = {fixed} does not divide "
                     f"the world size {world_size}, so dp_shard=-1 has no integer value")
             s = world_size // fixed
         elif s < 1:
-            raise ConfigError(f"parallel.dp_shard: must be >= 1 or -1, got {s}")
+            raise LayoutError(f"parallel.dp_shard: must be >= 1 or -1, got {s}")
         if r * s * c * t != world_size:
-            raise ConfigError(
+            raise LayoutError(
                 f"parallel: dp_replicate={r} x dp_shard={s} x cp={c} x tp={t} = {r * s * c * t} "
                 f"!= world size {world_size} (set dp_shard=-1 to take the rest)")
         return cls(r, s, c, t, world_size)
@@ -84,14 +89,14 @@ class ParallelDims:
                 f"sequence split {self.seq_shards} ways)")
 
     # -- checks against the model and data ---------------------------------
-    def validate_model(self, model_args) -> None:
+    def validate_model(self, n_heads: int, ffn_dim: int) -> None:
         """TP shards heads and the FFN width; both must split evenly."""
-        if model_args.n_heads % self.tp:
-            raise ConfigError(f"parallel.tp: tp={self.tp} does not divide the model's "
-                              f"{model_args.n_heads} attention heads")
-        if model_args.ffn_dim % self.tp:
-            raise ConfigError(f"parallel.tp: tp={self.tp} does not divide the FFN width "
-                              f"{model_args.ffn_dim}")
+        if n_heads % self.tp:
+            raise LayoutError(f"parallel.tp: tp={self.tp} does not divide the model's "
+                              f"{n_heads} attention heads")
+        if ffn_dim % self.tp:
+            raise LayoutError(f"parallel.tp: tp={self.tp} does not divide the FFN width "
+                              f"{ffn_dim}")
 
     def validate_buckets(self, buckets, patch_size) -> None:
         """Each bucket (name, T', H', W') in latents must give a token count that cp x tp
@@ -99,11 +104,11 @@ class ParallelDims:
         pt, ph, pw = patch_size
         for name, T, H, W in buckets:
             if T % pt or H % ph or W % pw:
-                raise ConfigError(f"data bucket '{name}': latent shape T'={T}, H'={H}, W'={W} "
+                raise LayoutError(f"data bucket '{name}': latent shape T'={T}, H'={H}, W'={W} "
                                   f"is not divisible by the patch size {tuple(patch_size)}")
             tokens = (T // pt) * (H // ph) * (W // pw)
             if tokens % self.seq_shards:
-                raise ConfigError(
+                raise LayoutError(
                     f"data bucket '{name}': latent T'={T} x H'={H} x W'={W} gives {tokens} "
                     f"tokens, not divisible by cp x tp = {self.cp} x {self.tp} = "
                     f"{self.seq_shards} (choose a layout whose cp x tp divides {tokens})")
@@ -144,21 +149,3 @@ class NamedMeshes:
 
     def __repr__(self):
         return f"NamedMeshes({self.root})"
-
-
-def data_buckets(cfg) -> list[tuple[str, int, int, int]]:
-    """The latent shapes (name, T', H', W') the data config can produce."""
-    from moviegen.data_sources import latent_grids
-
-    return latent_grids(cfg)
-
-
-def validate_layout(cfg, world_size: int, model_args=None) -> ParallelDims:
-    """Every layout check at once: world size, model, data buckets. No communication."""
-    dims = ParallelDims.from_config(cfg.parallel, world_size)
-    if model_args is None:
-        from moviegen.model import resolve_model_args
-        model_args = resolve_model_args(cfg.model)
-    dims.validate_model(model_args)
-    dims.validate_buckets(data_buckets(cfg), cfg.model.patch_size)
-    return dims

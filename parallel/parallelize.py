@@ -7,7 +7,7 @@
     par = parallelize(model, dims, mesh, cfg.parallel, device_type="cuda")
     model.to_empty(device=device); model.init_weights()
     ...
-    loss.backward(); par.finish_grads(); par.clip_grad_norm_(max_norm)
+    loss.backward(); par.finish_grads(); clip_grad_norm_(model.parameters(), max_norm)
 
 Order: tensor parallel -> context parallel -> activation checkpointing -> per-block
 torch.compile -> FSDP (blocks first, root last). TP/CP install hooks and class swaps on
@@ -67,6 +67,22 @@ def apply_fsdp(model, dp_mesh, param_dtype: torch.dtype, reduce_dtype: torch.dty
             module.set_force_sum_reduction_for_comms(True)
 
 
+def apply_fsdp_units(model, mesh, units, forward_methods=(), param_dtype=None,
+                     reshard_after_forward: bool = True) -> None:
+    """FSDP2 for any model: each module in ``units`` becomes one FSDP unit, then the root
+    (what is left). ``forward_methods`` (e.g. a TAE's encode/decode) unshard parameters
+    like ``forward`` does; call them on every rank together. Gradients reduce in fp32."""
+    from torch.distributed.fsdp import (MixedPrecisionPolicy, fully_shard,
+                                        register_fsdp_forward_method)
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for unit in units:
+        fully_shard(unit, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    for name in forward_methods:
+        register_fsdp_forward_method(model, name)
+
+
 @dataclass
 class Parallelized:
     """What the trainer needs after parallelize: the mesh and the gradient hooks."""
@@ -84,9 +100,6 @@ class Parallelized:
         """After backward: sum sequence-parallel parameters' partial grads over TP."""
         if self.dims.tp > 1:
             reduce_sequence_parallel_grads(self.model, self.mesh["tp"].get_group())
-
-    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
-        return clip_grad_norm_(list(self.model.parameters()), max_norm)
 
     def mean_over_dp(self, t: torch.Tensor) -> torch.Tensor:
         """Average of a per-DP-rank value (same on every CP/TP rank) over DP ranks."""
@@ -154,36 +167,3 @@ def clip_grad_norm_(parameters, max_norm: float, eps: float = 1e-6) -> torch.Ten
         for g in grads:
             (g.to_local() if isinstance(g, DTensor) else g).mul_(coef)
     return norm
-
-
-# --------------------------------------------------------------------------- state
-@torch.no_grad()
-def load_full_state_dict(model, state: dict) -> None:
-    """Copies full (unsharded) tensors into a parallelized model's local shards."""
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-    own = dict(model.named_parameters())
-    own.update(dict(model.named_buffers()))
-    from parallel.tensor_parallel import canonical_name
-    own = {canonical_name(k): v for k, v in own.items()}
-    missing = set(own) - set(state)
-    if missing:
-        raise KeyError(f"state dict lacks {sorted(missing)[:5]}")
-    for name, p in own.items():
-        full = state[name].to(p.dtype)
-        if isinstance(p, DTensor):
-            shape, offset = compute_local_shape_and_global_offset(full.shape, p.device_mesh,
-                                                                  p.placements)
-            piece = full[tuple(slice(o, o + s) for o, s in zip(offset, shape))]
-            p.to_local().copy_(piece)
-        else:
-            p.copy_(full)
-
-
-def full_state_dict(model) -> dict:
-    """Unsharded tensors of every parameter and buffer (a collective on all ranks)."""
-    from parallel.tensor_parallel import canonical_name
-    out = {}
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        out[canonical_name(name)] = (t.full_tensor() if isinstance(t, DTensor) else t).detach()
-    return out

@@ -24,6 +24,8 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput,
                                                RowwiseParallel, parallelize_module)
 
+from parallel.state import canonical_name
+
 # --------------------------------------------------------------------------- the plan
 # Module name inside a TransformerBlock -> style name. Read by apply_tensor_parallel and
 # by benchmarks/plan.py (communication volume).
@@ -78,16 +80,6 @@ def apply_tensor_parallel(model, tp_mesh) -> None:
 
 
 # --------------------------------------------------------------------------- gradients
-_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
-
-
-def canonical_name(name: str) -> str:
-    """A parameter's name without wrapper prefixes (AC/compile wrappers)."""
-    for p in _WRAPPER_PREFIXES:
-        name = name.replace(p, "")
-    return name
-
-
 def is_sequence_parallel_param(name: str) -> bool:
     name = canonical_name(name)
     return any(fnmatch.fnmatchcase(name, pat) for pat in SEQUENCE_PARALLEL_PARAMS)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from moviegen import checkpoint as ck
+from moviegen.training import checkpoint as ck
 from moviegen.config import load_config
 from moviegen.train import Trainer
 
@@ -277,7 +277,7 @@ def test_ema_is_an_average_and_exported(straight):
     ema, model = straight["ema"], straight["final"]
     assert ema.keys() == model.keys()
     assert any(not torch.equal(ema[k], model[k]) for k in model)
-    from moviegen.export import load_inference
+    from moviegen.training.export import load_inference
 
     m, _, _ = load_inference(os.path.join(straight["dir"], "final"), use_ema=True)
     got = m.state_dict()

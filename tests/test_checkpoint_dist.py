@@ -19,13 +19,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from moviegen.checkpoint import CheckpointManager, latest_checkpoint
+from moviegen.training.checkpoint import CheckpointManager, latest_checkpoint
 from moviegen.config import load_config
-from moviegen.ema import EMA
+from moviegen.training.ema import EMA
 from moviegen.flow import flow_matching_loss, interpolate, sample_t, target_velocity
-from moviegen.latent_synthetic import SyntheticLatentDataset
-from moviegen.model import build_model, resolve_model_args
-from moviegen.text_encoders import TextEncoders
+from moviegen.data.latents import SyntheticLatentDataset
+from moviegen.models.transformer import build_model, resolve_model_args
+from moviegen.models.text_encoders import TextEncoders
 from moviegen.train import build_data, build_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

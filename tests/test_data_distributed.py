@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moviegen.data.testing import synthetic_dataset, tiny_config
+from data_helpers import synthetic_dataset, tiny_config
 
 WORLD, TP, STEPS = 4, 2, 5
 

@@ -8,7 +8,7 @@ import torch
 
 from moviegen.data import build_video_loader, make_buckets
 from moviegen.data.manifest import load_manifest
-from moviegen.data.testing import synthetic_dataset, tiny_config
+from data_helpers import synthetic_dataset, tiny_config
 
 BACKENDS = ["pyav"] + (["dali"] if __import__("importlib").util.find_spec("nvidia.dali")
                        else [])

@@ -10,7 +10,7 @@ from moviegen.data import synthetic
 from moviegen.data.config import VideoDataConfig, moviegen_256px
 from moviegen.data.manifest import ManifestError, _columns_from_rows, load_manifest, read_rows
 from moviegen.data.prepare import prepare
-from moviegen.data.testing import synthetic_dataset
+from data_helpers import synthetic_dataset
 
 GOOD = {"path": "a.webm", "caption": "a red circle", "type": "video", "width": 64,
         "height": 48, "fps": 8, "frames": 16, "duration": 2.0}

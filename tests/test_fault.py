@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from moviegen import train
-from moviegen.fault import NonFiniteError, NonFiniteGuard
-from moviegen.latent_synthetic import SyntheticLatentLoader
+from moviegen.training.fault import NonFiniteError, NonFiniteGuard
+from moviegen.data.latents import SyntheticLatentLoader
 from moviegen.train import Trainer
 
 from tests.test_checkpoint import RecordingLoader, losses, make_cfg, run

@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from moviegen.model import (DEFAULT_TEXT_DIMS, MODEL_REGISTRY, ModelArgs, MovieGenTransformer,
+from moviegen.models.transformer import (DEFAULT_TEXT_DIMS, MODEL_REGISTRY, ModelArgs, MovieGenTransformer,
                             adapt_stage_state_dict, build_model, count_parameters,
                             resize_position_tables)
 

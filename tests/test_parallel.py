@@ -19,7 +19,7 @@ import torch
 from moviegen.config import ConfigError, load_config
 from parallel.parallel_dims import ParallelDims, validate_layout
 from parallel.tensor_parallel import BLOCK_TP_PLAN, is_sequence_parallel_param
-from parallel.testing import check_layouts, spawn
+from dist_helpers import check_layouts, spawn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,8 +121,8 @@ def test_dims_resolve_and_reject():
 def test_plan_covers_every_parameter():
     """Each parameter is TP-sharded by the plan, reduced as sequence-parallel, or the
     text projection (whose gradient DTensor reduces through the replicated text)."""
-    from parallel.testing import tiny_args
-    from moviegen.model import MovieGenTransformer
+    from dist_helpers import tiny_args
+    from moviegen.models.transformer import MovieGenTransformer
     with torch.device("meta"):
         model = MovieGenTransformer(tiny_args())
     tp_modules = {k for k, v in BLOCK_TP_PLAN.items() if v in ("colwise", "rowwise_to_sequence")}

@@ -6,7 +6,7 @@ import torch
 
 from moviegen import precompute
 from moviegen.config import load_config
-from moviegen.metrics import read_metrics
+from moviegen.training.metrics import read_metrics
 from moviegen.precompute import PrecomputedLoader
 from moviegen.train import Trainer
 
@@ -15,8 +15,8 @@ pytest.importorskip("av")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from moviegen.data.testing import synthetic_dataset
-    from moviegen.tae import TAE, TAEConfig, save_tae
+    from data_helpers import synthetic_dataset
+    from moviegen.models.tae import TAE, TAEConfig, save_tae
 
     root = tmp_path_factory.mktemp("pre")
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from moviegen.tae import (TAE, TAEConfig, TemporalConv, latent_frames, load_tae,
+from moviegen.models.tae import (TAE, TAEConfig, TemporalConv, latent_frames, load_tae,
                           outlier_penalty_loss, save_tae)
 
 

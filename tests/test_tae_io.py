@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from moviegen.tae import psnr
-from moviegen.video_io import probe_video, read_video, write_gif, write_video
+from moviegen.models.tae import psnr
+from moviegen.data.video_io import probe_video, read_video, write_gif, write_video
 
 
 def _moving_square(T=9, H=32, W=48) -> torch.Tensor:

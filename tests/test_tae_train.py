@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from moviegen.config import ConfigError, load_config
-from moviegen.tae import TAE, TAEConfig, load_tae, outlier_penalty_loss
+from moviegen.models.tae import TAE, TAEConfig, load_tae, outlier_penalty_loss
 from moviegen.train_tae import TAEJobConfig, main, train, validate_tae_job, write_synthetic_clips
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

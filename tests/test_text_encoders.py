@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from moviegen.config import TextConfig, TextEncoderConfig
-from moviegen.model import build_model, resolve_model_args
+from moviegen.models.transformer import build_model, resolve_model_args
 from moviegen.config import ModelConfig
-from moviegen.text_encoders import TextEncoders, drop_captions, null_text
-from moviegen.tokenizer import ByteTokenizer, fps_prefix
+from moviegen.models.text_encoders import TextEncoders, drop_captions, null_text
+from moviegen.models.tokenizer import ByteTokenizer, fps_prefix
 
 transformers = pytest.importorskip("transformers")
 

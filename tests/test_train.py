@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from moviegen.config import load_config
-from moviegen.latent_synthetic import SyntheticLatentDataset, SyntheticLatentLoader
-from moviegen.metrics import read_metrics
+from moviegen.data.latents import SyntheticLatentDataset, SyntheticLatentLoader
+from moviegen.training.metrics import read_metrics
 from moviegen.train import Trainer, lr_lambda
 
 REQUIRED = {"step", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s",
@@ -66,7 +66,7 @@ def test_synthetic_latents_follow_the_caption_and_resume():
     a = SyntheticLatentLoader(ds, 4, dp_rank=0, dp_size=2, seed=1)
     b = SyntheticLatentLoader(ds, 4, dp_rank=1, dp_size=2, seed=1)
     seen = []
-    for _ in range(a.batches_per_epoch):
+    for _ in range(a.batches_per_epoch()):
         seen += next(a)["captions"] + next(b)["captions"]
     assert len(seen) == 32
     # resume mid-epoch gives the same next batches

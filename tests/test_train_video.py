@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from moviegen.config import ConfigError, load_config
-from moviegen.data_sources import RandomPatchEncoder, latent_grids
-from moviegen.metrics import read_metrics
+from moviegen.data.sources import RandomPatchEncoder, latent_grids
+from moviegen.training.metrics import read_metrics
 from moviegen.train import Trainer
 
 av = pytest.importorskip("av")
@@ -19,7 +19,7 @@ def video_overrides(manifest, out):
 
 
 def test_trains_from_video_files_through_the_random_patch_encoder(tmp_path):
-    from moviegen.data.testing import synthetic_dataset
+    from data_helpers import synthetic_dataset
 
     manifest = synthetic_dataset()
     cfg = load_config("launch/configs/tiny.yaml", video_overrides(manifest, tmp_path))
@@ -56,7 +56,7 @@ def test_random_patch_encoder_matches_the_tae_frame_formula():
 
 def test_builtin_text_encoder_keeps_word_order():
     from moviegen.config import TextConfig
-    from moviegen.text_encoders import TextEncoders
+    from moviegen.models.text_encoders import TextEncoders
 
     enc = TextEncoders(TextConfig())
     e, m = enc.encode(["FPS-16 a red blob moves from left to right",

@@ -33,7 +33,7 @@ from moviegen.data.config import SPLITS, VideoDataConfig
 from moviegen.data.decode import BatchSpec, decode_batch_pyav, sample_spec
 from moviegen.data.manifest import Manifest, load_manifest
 from moviegen.data.sampler import EpochPlan, build_epoch_plan
-from moviegen.tokenizer import ByteTokenizer, fps_prefix
+from moviegen.models.tokenizer import ByteTokenizer, fps_prefix
 
 logger = logging.getLogger(__name__)
 _STATE_VERSION = 1

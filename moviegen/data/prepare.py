@@ -94,8 +94,10 @@ def read_input_rows(path: str) -> list[dict]:
     return out
 
 
-def scan_dir(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Media files under `root` with captions from sidecar .txt files."""
+def scan_dir(root: str, require_captions: bool = True
+             ) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Media files under `root` with captions from sidecar .txt files (without
+    ``require_captions``, a file with no sidecar gets an empty caption)."""
     rows, problems = [], []
     for d, _, files in os.walk(root):
         for name in sorted(files):
@@ -103,6 +105,9 @@ def scan_dir(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
                 continue
             p = os.path.join(d, name)
             txt = os.path.splitext(p)[0] + ".txt"
+            if not require_captions and not os.path.isfile(txt):
+                rows.append({"abs": p, "caption": "", "split": "train"})
+                continue
             if not os.path.isfile(txt):
                 problems.append((p, "no caption (.txt beside the file)"))
                 continue
@@ -116,9 +121,10 @@ def scan_dir(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
     return rows, problems
 
 
-def prepare(input_path: str, output: str, cfg: VideoDataConfig, workers: int = 1) -> dict:
+def prepare(input_path: str, output: str, cfg: VideoDataConfig, workers: int = 1,
+            require_captions: bool = True) -> dict:
     if os.path.isdir(input_path):
-        rows, unreadable = scan_dir(input_path)
+        rows, unreadable = scan_dir(input_path, require_captions)
     else:
         rows, unreadable = read_input_rows(input_path), []
     jobs = [(i, r["abs"]) for i, r in enumerate(rows)]
@@ -158,6 +164,7 @@ def prepare(input_path: str, output: str, cfg: VideoDataConfig, workers: int = 1
                 filtered["too short for the shortest bucket / videos disabled"] += 1
     write_rows(output, kept)
     return {"output": output, "kept": len(kept), "unreadable": len(unreadable),
+            "unreadable_files": [list(x) for x in unreadable],
             "filtered": dict(filtered), "buckets": dict(Counter(r["bucket"] for r in kept))}
 
 

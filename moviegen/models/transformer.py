@@ -371,7 +371,7 @@ class MovieGenTransformer(nn.Module):
         if t > self.args.max_t or h > self.args.max_h or w > self.args.max_w:
             raise ValueError(f"patch grid (t={t}, h={h}, w={w}) exceeds the position tables "
                              f"({self.args.max_t}, {self.args.max_h}, {self.args.max_w}); "
-                             f"resize them with moviegen.model.resize_position_tables")
+                             f"resize them with moviegen.models.transformer.resize_position_tables")
         return t, h, w
 
     def unpatchify(self, x_BSP, grid_thw):

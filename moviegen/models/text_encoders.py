@@ -15,7 +15,7 @@ import os
 import torch
 import torch.nn as nn
 
-from moviegen.tokenizer import ByteTokenizer
+from moviegen.models.tokenizer import ByteTokenizer
 
 BUILTIN_SEED = 1234
 LOOKBACK_BIAS = 12.0

@@ -1,27 +1,42 @@
 """What the trainer iterates: one function from ``cfg.data`` to a resumable loader.
 
 data.kind
-  synthetic_latents  generated caption-dependent latents (moviegen.latent_synthetic)
+  synthetic_latents  generated caption-dependent latents (moviegen.data.latents)
   video              real video files through moviegen.data (DALI or PyAV), encoded to
                      latents on the fly by ``data.encoder``: ``tae`` (a trained TAE) or
                      ``random_patch`` (a fixed random Conv3d at the TAE's compression, so
                      the whole file -> loss path runs before a TAE exists)
   precomputed        TAE latents + captions written by ``python -m moviegen.precompute``
 
-Every loader iterates forever and yields dicts with ``captions`` and either ``latents``
-[B, C, T', H', W'] or ``video`` [B, 3, T, H, W] in [-1, 1]; each has ``state_dict`` /
-``load_state_dict``, ``stats()`` and ``num_batches()`` (an epoch, for validation).
+Every loader has one interface (``BatchLoader``): it iterates forever and yields dicts
+with ``captions`` and either ``latents`` [B, C, T', H', W'] or ``video`` [B, 3, T, H, W] in
+[-1, 1]; ``batches_per_epoch()`` (one pass of this rank's shard, e.g. for validation),
+``state_dict()`` / ``load_state_dict()`` (``epoch`` and ``batch_index`` of the next batch:
+exact resume) and ``stats()`` (``seen_files``, ``skipped_files``: undecodable inputs that
+were skipped and logged).
 """
 from __future__ import annotations
 
 import math
+from typing import Iterator, Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from moviegen.config import ConfigError
-from moviegen.latent_synthetic import SyntheticLatentDataset, SyntheticLatentLoader
+from moviegen.data.latents import SyntheticLatentDataset, SyntheticLatentLoader
+
+
+class BatchLoader(Protocol, Iterator[dict]):
+    """What every data source gives the trainer (see the module docstring)."""
+
+    def batches_per_epoch(self) -> int: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def stats(self) -> dict: ...
 
 
 def build_data(cfg, dp_rank: int, dp_size: int, split: str):
@@ -40,18 +55,12 @@ def build_data(cfg, dp_rank: int, dp_size: int, split: str):
         return build_video_loader(d.video, dp_rank=dp_rank, dp_size=dp_size,
                                   seed=cfg.train.seed, split=split)
     if d.kind == "precomputed":
-        from moviegen.precompute import PrecomputedLoader
+        from moviegen.data.precomputed import PrecomputedLoader
 
         return PrecomputedLoader(d.precomputed_dir, split=split, batch_size=d.batch_size,
                                  dp_rank=dp_rank, dp_size=dp_size, seed=cfg.train.seed)
-    raise ConfigError(f"data.kind: '{d.kind}' is not a known data source "
-                      f"(synthetic_latents, video, precomputed)")
-
-
-def num_batches(loader) -> int:
-    """Batches in one epoch of this rank's shard (the validation pass length)."""
-    n = loader.batches_per_epoch
-    return n() if callable(n) else n
+    raise ValueError(f"data.kind: '{d.kind}' is not a known data source "
+                     f"(synthetic_latents, video, precomputed)")
 
 
 class RandomPatchEncoder(nn.Module):
@@ -92,7 +101,7 @@ class TAELatentEncoder(nn.Module):
 
     def __init__(self, checkpoint: str):
         super().__init__()
-        from moviegen.tae import load_tae
+        from moviegen.models.tae import load_tae
 
         self.tae = load_tae(checkpoint).eval().requires_grad_(False)
 
@@ -120,9 +129,13 @@ def latent_grids(cfg) -> list[tuple[str, int, int, int]]:
     if d.kind == "synthetic_latents":
         return [("synthetic_latents", d.latent_frames, d.latent_height, d.latent_width)]
     if d.kind == "video":
-        from moviegen.data import bucket_latent_shapes
+        from moviegen.data.buckets import bucket_latent_shapes
 
         shapes = bucket_latent_shapes(d.video, d.video.temporal_compression,
                                       d.video.spatial_compression, patch=(1, 1, 1))
         return [(name, *shape) for name, shape in shapes.items()]
+    if d.kind == "precomputed" and d.precomputed_dir:
+        from moviegen.data.precomputed import latent_shapes
+
+        return latent_shapes(d.precomputed_dir)
     return []

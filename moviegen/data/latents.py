@@ -5,17 +5,17 @@ signature) and its direction of motion are named in the caption, e.g. "a red blo
 from left to right". The model can only lower the loss on the blob by reading the
 caption, so the tiny demo shows that text conditioning is learnt.
 
-The loader has the interface of the video loader: infinite iteration, batches split
-over data-parallel ranks only, order fixed by (seed, epoch), ``state_dict`` /
-``load_state_dict`` for exact resume.
+The loader has every data source's interface (moviegen.data.sources.BatchLoader):
+infinite iteration, batches split over data-parallel ranks only, order fixed by (seed,
+epoch), ``state_dict`` / ``load_state_dict`` for exact resume.
 """
 from __future__ import annotations
 
 import torch
 
-from moviegen.tokenizer import fps_prefix
+from moviegen.models.tokenizer import fps_prefix
 
-COLOURS = ("red", "green", "blue", "yellow")
+BLOB_COLORS = ("red", "green", "blue", "yellow")
 DIRECTIONS = {  # name -> (d_row, d_col) per unit time
     ("left", "right"): (0.0, 1.0),
     ("right", "left"): (0.0, -1.0),
@@ -26,7 +26,7 @@ DIRECTION_NAMES = list(DIRECTIONS)
 
 
 def colour_signature(colour: str, channels: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(1000 + COLOURS.index(colour))
+    g = torch.Generator().manual_seed(1000 + BLOB_COLORS.index(colour))
     sig = torch.randn(channels, generator=g)
     return sig / sig.norm() * channels ** 0.5
 
@@ -67,7 +67,7 @@ class SyntheticLatentDataset:
         self.shape = tuple(shape_CTHW)
         self.seed = seed
         self.fps = fps
-        self.combos = combos or [(c, d) for c in COLOURS for d in DIRECTION_NAMES]
+        self.combos = combos or [(c, d) for c in BLOB_COLORS for d in DIRECTION_NAMES]
 
     def __len__(self):
         return self.num_samples
@@ -90,9 +90,12 @@ class SyntheticLatentLoader:
                              f"leave {per_rank} per rank, fewer than batch_size={batch_size}")
         self.dataset, self.batch_size = dataset, batch_size
         self.dp_rank, self.dp_size, self.seed, self.shuffle = dp_rank, dp_size, seed, shuffle
-        self.epoch, self.batch_in_epoch = 0, 0
+        self.epoch, self.batch_index = 0, 0
         self._order_epoch, self._order = None, []
-        self.batches_per_epoch = per_rank // batch_size
+        self._batches_per_epoch = per_rank // batch_size
+
+    def batches_per_epoch(self) -> int:
+        return self._batches_per_epoch
 
     def _epoch_indices(self, epoch: int) -> list[int]:
         """This rank's sample order for ``epoch``, computed once per epoch."""
@@ -111,25 +114,25 @@ class SyntheticLatentLoader:
         return self
 
     def __next__(self):
-        if self.batch_in_epoch >= self.batches_per_epoch:
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        if self.batch_index >= self._batches_per_epoch:
+            self.epoch, self.batch_index = self.epoch + 1, 0
         idx = self._epoch_indices(self.epoch)
-        start = self.batch_in_epoch * self.batch_size
+        start = self.batch_index * self.batch_size
         items = [self.dataset[i] for i in idx[start:start + self.batch_size]]
-        self.batch_in_epoch += 1
+        self.batch_index += 1
         return {"latents": torch.stack([x for x, _ in items]),
                 "captions": [c for _, c in items]}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": self.seed,
+        return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.seed,
                 "dp_rank": self.dp_rank, "dp_size": self.dp_size}
 
     def load_state_dict(self, state: dict) -> None:
         if state["dp_size"] != self.dp_size:
             # A new data-parallel size reshuffles within the epoch; restart that epoch.
-            self.epoch, self.batch_in_epoch = state["epoch"], 0
+            self.epoch, self.batch_index = state["epoch"], 0
             return
-        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.epoch, self.batch_index = state["epoch"], state["batch_index"]
 
     def stats(self) -> dict:
         return {"skipped_files": 0, "seen_files": 0}

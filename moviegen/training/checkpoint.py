@@ -11,10 +11,12 @@ Layout under ``<output_dir>/checkpoints``::
         meta.json               human-readable summary (step, world size, layout, time)
     .tmp-step_00000200/         a save in progress (or one killed mid-write): ignored
 
-What is saved: the model and optimizer through ``get_state_dict`` (so plain, FSDP2 and
-DTensor tensor-parallel models all work and a checkpoint written with one layout loads into
-another), the EMA weights with the same sharding as the parameters, and per rank the
-step, scheduler, loader and RNG states.
+What is saved: every ``Stateful`` object registered once with the manager. Sharded state
+(the model and optimizer through ``get_model_state_dict`` / ``get_optimizer_state_dict``,
+so plain, FSDP2 and tensor-parallel models all work and a checkpoint written with one
+layout loads into another; the EMA weights with the parameters' sharding) goes through
+DCP; per-rank state (step, scheduler, loader position, RNG, counters) goes to
+``train_state/rank_<r>.pt``. When to save is the manager's decision (``save_if_due``).
 
 Atomicity: every rank writes into ``.tmp-step_N``; after DCP has written its metadata
 (which it does only once all ranks' shards are written) rank 0 renames the directory to
@@ -49,10 +51,10 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
-                                                     set_state_dict)
 
-logger = logging.getLogger("moviegen.checkpoint")
+from parallel.state import reshard_fsdp
+
+logger = logging.getLogger("moviegen.training.checkpoint")
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 TMP_PREFIX = ".tmp-"
@@ -271,6 +273,56 @@ def latest_checkpoint(root: str) -> str | None:
     return found[-1][1] if found else None
 
 
+# --------------------------------------------------------------------------- stateful
+class ModelState:
+    """Stateful view of a (possibly sharded) model for DCP."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def state_dict(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        reshard_fsdp(self.model)
+        return get_model_state_dict(self.model)
+
+    def load_state_dict(self, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        set_model_state_dict(self.model, state)
+
+
+class OptimizerState:
+    """Stateful view of an optimizer over a (possibly sharded) model for DCP."""
+
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        reshard_fsdp(self.model)
+        return get_optimizer_state_dict(self.model, self.optimizer)
+
+    def load_state_dict(self, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(self.model, self.optimizer, state)
+
+
+class RNGState:
+    """Global torch/Python/NumPy RNG states plus named generators (per rank)."""
+
+    def __init__(self, generators: dict[str, torch.Generator] | None = None):
+        self.generators = generators or {}
+
+    def state_dict(self) -> dict:
+        return capture_rng_state(self.generators)
+
+    def load_state_dict(self, state: dict) -> None:
+        restore_rng_state(state, self.generators)
+
+
 # --------------------------------------------------------------------------- manager
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -292,26 +344,68 @@ def _barrier() -> None:
 
 
 class CheckpointManager:
-    """Saves and loads training checkpoints under ``root`` (collective on every rank).
+    """Saves and loads the registered ``Stateful`` objects under ``root`` (collective).
 
-    ``app`` objects passed to save/load: ``model``, ``optimizer``, optional ``ema`` (an
-    ``moviegen.ema.EMA``) and ``rank_state`` (a dict of tensors, numbers and strings).
+        ckpt = CheckpointManager(root, every_steps=100)
+        ckpt.register("model", ModelState(model)); ckpt.register("optim", ...)
+        ckpt.register("ema", ema, on_missing=lambda: ema.reset(model))  # optional in a file
+        ckpt.register_rank("train", train_state); ckpt.register_rank("rng", rng,
+                                                                     same_layout_only=True)
+        path = ckpt.resume(resume_from=None)      # the latest checkpoint, if any
+        ckpt.save_if_due(step, last_step)         # every ``every_steps`` steps
+        ckpt.save(step)                           # now (preemption, the end)
     """
 
-    def __init__(self, root: str, keep_last: int = 3, async_save: bool = False):
+    def __init__(self, root: str, keep_last: int = 3, async_save: bool = False,
+                 every_steps: int = 0):
         self.root = root
         self.keep_last = keep_last
         self.async_save = async_save
+        self.every_steps = every_steps
         self.rank = dist.get_rank() if _distributed() else 0
         self.world_size = dist.get_world_size() if _distributed() else 1
+        self._sharded: dict[str, object] = {}
+        self._on_missing: dict[str, object] = {}
+        self._per_rank: dict[str, object] = {}
+        self._same_layout_only: set[str] = set()
         self._pending: tuple[Future, str, int] | None = None
         self._async_group = None
+        self.last_saved: int | None = None
+        self.meta: dict = {}
         if self.rank == 0:
             os.makedirs(root, exist_ok=True)
 
+    def register(self, name: str, obj, on_missing=None) -> None:
+        """Sharded state saved through DCP. ``on_missing``: called instead of loading when a
+        checkpoint has no entry for ``name`` (e.g. EMA switched on after the checkpoint)."""
+        self._sharded[name] = obj
+        if on_missing is not None:
+            self._on_missing[name] = on_missing
+
+    def register_rank(self, name: str, obj, same_layout_only: bool = False) -> None:
+        """Per-rank state (torch.save, loaded with weights_only=True). When the checkpoint
+        came from another layout, rank 0's entry is loaded on every rank, except those
+        marked ``same_layout_only`` (RNG streams), which keep their fresh state."""
+        self._per_rank[name] = obj
+        if same_layout_only:
+            self._same_layout_only.add(name)
+
+    # -- when ----------------------------------------------------------------
+    def save_if_due(self, step: int, last_step: int) -> bool:
+        """Saves every ``every_steps`` steps before the last one (which ``save`` covers)."""
+        if self.every_steps > 0 and step % self.every_steps == 0 and step < last_step:
+            self.save(step)
+            return True
+        return False
+
+    def save_final(self, step: int) -> None:
+        """Saves ``step`` unless it is already saved, and waits for the write to commit."""
+        if self.last_saved != step:
+            self.save(step)
+        self.wait()
+
     # -- save ---------------------------------------------------------------
-    def save(self, step: int, model, optimizer, rank_state: dict, ema=None,
-             meta: dict | None = None) -> str:
+    def save(self, step: int) -> str:
         """Writes checkpoint ``step``; returns its final directory (committed once this
         returns, or once ``wait()`` returns for an async save)."""
         self.wait()
@@ -325,16 +419,18 @@ class CheckpointManager:
             os.makedirs(os.path.join(tmp, "train_state"))
             with open(os.path.join(tmp, "meta.json"), "w") as f:
                 json.dump({"step": step, "world_size": self.world_size, "time": time.time(),
-                           **(meta or {})}, f, indent=1)
+                           **self.meta}, f, indent=1)
         _barrier()
-        torch.save(rank_state, os.path.join(tmp, "train_state", _rank_state_name(self.rank)))
-        state = self._app_state(model, optimizer, ema)
+        torch.save({k: obj.state_dict() for k, obj in self._per_rank.items()},
+                   os.path.join(tmp, "train_state", _rank_state_name(self.rank)))
+        state = {k: obj.state_dict() for k, obj in self._sharded.items()}
         writer = FileSystemWriter(tmp, sync_files=True)
         quiet = _quiet_single_process()
         try:
             self._write(state, writer, tmp, step)
         finally:
             quiet.__exit__(None, None, None)
+        self.last_saved = step
         return os.path.join(self.root, name)
 
     def _write(self, state, writer, tmp: str, step: int) -> None:
@@ -402,75 +498,52 @@ class CheckpointManager:
             shutil.rmtree(path, ignore_errors=True)
 
     # -- load ---------------------------------------------------------------
-    def load(self, path: str, model, optimizer, ema=None) -> dict:
-        """Loads ``path`` into model, optimizer and EMA; returns this rank's train state.
+    def resume(self, resume_from: str | None = None, enabled: bool = True) -> str | None:
+        """Loads ``resume_from``, else (when ``enabled``) the latest checkpoint under root;
+        returns the path loaded, or None when there was nothing to resume."""
+        path = resume_from or (latest_checkpoint(self.root) if enabled else None)
+        if path is None:
+            return None
+        self.load(path)
+        return path
 
-        The returned dict has ``layout_changed=True`` when the checkpoint was written
-        with another world size or data-parallel layout: then only the rank-independent
-        parts (step, scheduler, counters, data position of rank 0) apply.
-        """
+    def load(self, path: str) -> bool:
+        """Loads ``path`` into every registered object; returns True when the checkpoint was
+        written with another world size (rank 0's per-rank state was used)."""
         self.wait()
         verify_checkpoint(path)
-        metadata = read_metadata(path)
-        keys = set(metadata.state_dict_metadata)
-        has_ema = any(k.startswith("ema.") for k in keys)
-        state = self._app_state(model, optimizer, ema if has_ema else None)
+        keys = set(read_metadata(path).state_dict_metadata)
+        state, missing = {}, []
+        for name, obj in self._sharded.items():
+            if any(k == name or k.startswith(name + ".") for k in keys):
+                state[name] = obj
+            elif name in self._on_missing:
+                missing.append(name)
+            else:
+                raise IncompleteCheckpointError(f"{path} has no '{name}' state")
         quiet = _quiet_single_process()
-        try:
+        try:  # DCP calls state_dict() on each Stateful, loads in place, then load_state_dict()
             dcp.load(state, storage_reader=SafeFileSystemReader(path),
                      planner=WeightsOnlyLoadPlanner(), no_dist=not _distributed())
         finally:
             quiet.__exit__(None, None, None)
-        set_state_dict(model, optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
-        if ema is not None:
-            if has_ema:
-                ema.load_state_dict(state["ema"])
-            else:
-                logger.warning("%s has no EMA weights: EMA starts from the loaded model", path)
-                ema.reset(model)
-        return self._load_rank_state(path)
+        for name in missing:
+            logger.warning("%s has no '%s' state: it starts from the loaded model", path, name)
+            self._on_missing[name]()
+        changed, per_rank = self._read_rank_state(path)
+        for name, obj in self._per_rank.items():
+            if changed and name in self._same_layout_only:
+                continue
+            if name in per_rank:
+                obj.load_state_dict(per_rank[name])
+        self.last_saved = None
+        return changed
 
-    def _load_rank_state(self, path: str) -> dict:
+    def _read_rank_state(self, path: str) -> tuple[bool, dict]:
         state_dir = os.path.join(path, "train_state")
         own = os.path.join(state_dir, _rank_state_name(self.rank))
         with open(os.path.join(path, "meta.json")) as f:
             saved_world = json.load(f)["world_size"]
         if saved_world == self.world_size and os.path.exists(own):
-            state = torch.load(own, weights_only=True)
-            state["layout_changed"] = False
-            return state
-        state = torch.load(os.path.join(state_dir, _rank_state_name(0)), weights_only=True)
-        state["layout_changed"] = True
-        return state
-
-    @staticmethod
-    def _app_state(model, optimizer, ema) -> dict:
-        reshard_fsdp(model)
-        model_sd, optim_sd = get_state_dict(model, optimizer, options=StateDictOptions())
-        state = {"model": model_sd, "optim": optim_sd}
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        return state
-
-
-def reshard_fsdp(model) -> None:
-    """Frees parameters FSDP2 left gathered. A no-grad forward (validation) leaves the
-    modules with reshard_after_forward=False (typically the last block) unsharded, and
-    their parameters are then not the optimizer's: get_state_dict would fail to map them."""
-    from torch.distributed.fsdp import FSDPModule
-
-    for m in model.modules():
-        if isinstance(m, FSDPModule):
-            m.reshard()
-
-
-def full_model_state_dict(model) -> dict:
-    """Consolidated weights on rank 0 (CPU), empty elsewhere; collective on every rank."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    if not _distributed():
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    reshard_fsdp(model)
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                cpu_offload=True))
+            return False, torch.load(own, weights_only=True)
+        return True, torch.load(os.path.join(state_dir, _rank_state_name(0)), weights_only=True)

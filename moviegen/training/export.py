@@ -18,9 +18,9 @@ import tempfile
 import yaml
 from safetensors.torch import load_file, save_file
 
-from moviegen.checkpoint import replace_dir
+from moviegen.training.checkpoint import replace_dir
 from moviegen.config import JobConfig, build_dataclass
-from moviegen.model import MovieGenTransformer, build_model, resolve_model_args
+from moviegen.models.transformer import MovieGenTransformer, build_model, resolve_model_args
 
 
 def export_inference(directory: str, state_dict: dict, cfg: JobConfig, text_encoders,
@@ -87,7 +87,7 @@ def default_latent_shape(directory: str, cfg: JobConfig) -> list[int]:
 
 def load_inference(directory: str, device="cpu", use_ema: bool = False):
     """(model in eval mode, config, text encoders) from an export directory."""
-    from moviegen.text_encoders import TextEncoders
+    from moviegen.models.text_encoders import TextEncoders
 
     cfg = load_export_config(directory)
     encoders = TextEncoders(cfg.text).to(device)

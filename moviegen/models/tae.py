@@ -89,9 +89,14 @@ class TAEConfig:
         return 2 ** (len(self.resolved().channel_multipliers) - 1)
 
     def validate(self) -> None:
+        """Raises ValueError("tae.<field>: why") for an impossible size."""
         def need(cond: bool, key: str, why: str) -> None:
             if not cond:
                 raise ValueError(f"tae.{key}: {why}")
+
+        if self.channel_multipliers is None or self.latent_channels is None:
+            self.resolved()  # fills the preset's values, then validates them
+            return
 
         mults = self.channel_multipliers
         need(len(mults) >= 1 and all(m >= 1 for m in mults), "channel_multipliers",

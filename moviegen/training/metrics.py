@@ -1,6 +1,10 @@
 """Run metrics: ``<output_dir>/metrics.jsonl`` (one JSON object per logged step).
 
-Fields (design.md): step, loss, lr, grad_norm, step_time_s, tokens_per_s,
+``RunLog`` is what the training loop talks to: it accumulates a window of steps, writes one
+row every ``train.log_every`` steps (one host read of the losses per row), a row per
+validation, TensorBoard/wandb, the progress bar and profiler traces.
+
+Fields: step, loss, lr, grad_norm, step_time_s, tokens_per_s,
 tflops_per_device, mfu (null on CPU), max_mem_gb, data_wait_s; also fwd_bwd_s,
 optimizer_s (the step time split), skipped_steps (non-finite updates skipped so far),
 skipped_files (unreadable inputs the loader skipped). Validation rows carry ``val_loss``.
@@ -8,7 +12,9 @@ Only rank 0 writes. TensorBoard scalars and wandb (optional) get the same number
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import os
 import resource
@@ -71,7 +77,7 @@ class MetricsWriter:
                 wandb = None
                 import logging
 
-                logging.getLogger("moviegen.metrics").warning(
+                logging.getLogger("moviegen.training.metrics").warning(
                     "metrics.wandb is on but the wandb package is not installed: skipped")
             if wandb is not None:
                 self._wandb = wandb.init(project=wandb_project, dir=output_dir,
@@ -88,7 +94,7 @@ class MetricsWriter:
                    if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None and step is not None:
             for k, v in scalars.items():
-                self._tb.add_scalar(f"train/{k}" if k != "val_loss" else "val/loss", v, step)
+                self._tb.add_scalar(_tensorboard_tag(k), v, step)
         if self._wandb is not None and step is not None:
             self._wandb.log(scalars, step=step)
 
@@ -100,6 +106,14 @@ class MetricsWriter:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _tensorboard_tag(key: str) -> str:
+    if key == "val_loss":
+        return "val/loss"
+    if key == "psnr":
+        return "val/psnr"
+    return f"train/{key}"
 
 
 def _wandb_run_id(output_dir: str) -> str:
@@ -123,12 +137,12 @@ def read_metrics(output_dir: str) -> list[dict]:
 class ProgressBar:
     """tqdm on rank 0 when stderr is a terminal or when asked; silent otherwise."""
 
-    def __init__(self, total: int, initial: int, enabled: bool):
+    def __init__(self, total: int, initial: int, enabled: bool, desc: str = "train"):
         self.bar = None
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True,
+            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
                             file=sys.stderr, mininterval=1.0)
 
     def update(self, n: int = 1, **postfix) -> None:
@@ -171,3 +185,104 @@ class StepProfiler:
         self._prof.export_chrome_trace(path)
         self._prof = None
         return path
+
+
+class RunLog:
+    """The training loop's bookkeeping for one ``fit()`` (a context manager)."""
+
+    def __init__(self, trainer):
+        self.t = trainer
+        cfg = trainer.cfg
+        self.log_every, self.steps = cfg.train.log_every, cfg.train.steps
+        self._marker = os.path.join(cfg.output_dir, "preempted")
+        self.writer = MetricsWriter(
+            cfg.output_dir, enabled=trainer.is_main, tensorboard=cfg.metrics.tensorboard,
+            wandb_project=cfg.metrics.wandb_project if cfg.metrics.wandb else None,
+            run_config=dataclasses.asdict(cfg),
+            resume_step=trainer.step if trainer.resumed_from else None)
+        self.profiler = StepProfiler(cfg.metrics.profile_steps, cfg.output_dir, trainer.rank,
+                                     trainer.device)
+        from moviegen.models.flops import device_peak_tflops
+
+        self.peak, peak_name = device_peak_tflops(
+            torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda"
+            else None)
+        if trainer.is_main:
+            n = sum(p.numel() for p in trainer.model.parameters())
+            logging.getLogger("moviegen.training").info(
+                "%s: %.3fM parameters%s", trainer.label, n / 1e6,
+                f", MFU against {peak_name}" if peak_name else "")
+        self.bar = ProgressBar(self.steps, trainer.step, trainer.is_main
+                               and cfg.train.progress_bar, desc=trainer.label)
+        self._reset()
+
+    def __enter__(self) -> "RunLog":
+        if self.t.is_main and os.path.exists(self._marker):
+            os.remove(self._marker)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        self.writer.close()
+
+    def _reset(self) -> None:
+        self.w = {"loss": [], "grad_norm": [], "metrics": {}, "time": 0.0, "wait": 0.0,
+                  "fwd_bwd": 0.0, "optim": 0.0, "n": 0, "tokens": 0.0, "flops": 0.0,
+                  "last": {}}
+
+    def record(self, step: int, out: dict, wait_s: float, step_s: float) -> None:
+        w = self.w
+        if not out["skipped"]:  # a skipped step's NaN would poison the window mean
+            w["loss"].append(out["loss"])
+            w["grad_norm"].append(out["grad_norm"])
+            for k, v in out["metrics"].items():
+                if isinstance(v, torch.Tensor):
+                    w["metrics"].setdefault(k, []).append(v.detach().float())
+        for k, v in out["metrics"].items():
+            if k in ("tokens", "flops"):
+                w[k] += float(v)
+            elif not isinstance(v, torch.Tensor):
+                w["last"][k] = v
+        w["wait"] += wait_s
+        w["fwd_bwd"] += out["fwd_bwd_s"]
+        w["optim"] += out["optim_s"]
+        w["time"] += step_s
+        w["n"] += 1
+        if step % self.log_every == 0 or step == self.steps or out["stop"]:
+            self._flush(step)
+
+    def _mean(self, values: list) -> float:
+        if not values:
+            return float("nan")
+        return self.t.mean_over_dp(torch.stack(values).mean()).item()
+
+    def _flush(self, step: int) -> None:
+        t, w = self.t, self.w
+        n = w["n"]
+        loss = self._mean(w["loss"])
+        # every DP rank runs a batch like this one; per device = / world size
+        scale = t.dp_size / w["time"] / t.world_size
+        tflops = w["flops"] * scale / 1e12 if w["flops"] else None
+        row = {"step": step, "loss": loss, "lr": t.scheduler.get_last_lr()[0],
+               "grad_norm": (torch.stack(w["grad_norm"]).mean().item() if w["grad_norm"]
+                             else float("nan")),
+               "step_time_s": w["time"] / n,
+               "tokens_per_s": w["tokens"] * scale if w["tokens"] else None,
+               "tflops_per_device": tflops,
+               "mfu": tflops / self.peak if (tflops and self.peak) else None,
+               "max_mem_gb": max_memory_gb(t.device),
+               "data_wait_s": w["wait"] / n, "fwd_bwd_s": w["fwd_bwd"] / n,
+               "optimizer_s": w["optim"] / n,
+               "skipped_steps": t.nonfinite.skipped_total,
+               "skipped_files": t.skipped_files()}
+        row.update({k: self._mean(v) for k, v in w["metrics"].items()})
+        row.update(w["last"])
+        self.writer.write(row)
+        self.bar.update(n, loss=f"{loss:.4f}")
+        self._reset()
+
+    def validation(self, step: int, result: dict) -> None:
+        self.writer.write({"step": step, **result})
+        if self.t.is_main:
+            logging.getLogger("moviegen.training").info(
+                "step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in result.items()))

@@ -85,7 +85,7 @@ TEXT_LEN = 8
 
 
 def tiny_args():
-    from moviegen.model import ModelArgs
+    from moviegen.models.transformer import ModelArgs
     return ModelArgs(dim=64, n_layers=2, n_heads=4, ffn_dim=128, max_t=8, max_h=16,
                      max_w=16, text_dims={"byt5": 32}, time_freq_dim=64)
 
@@ -93,7 +93,7 @@ def tiny_args():
 def reference_state(args, seed: int = 0) -> dict:
     """Initial weights with the zero-initialised gates / final layer perturbed, so every
     parameter gets a non-trivial gradient."""
-    from moviegen.model import build_model
+    from moviegen.models.transformer import build_model
     torch.manual_seed(seed)
     model = build_model(args, "cpu")
     g = torch.Generator().manual_seed(seed + 1)
@@ -146,7 +146,7 @@ STEPS = (("video", 4, 11), ("image", 4, 12), ("video", 4, 13))
 
 def run_reference(args, state):
     """Losses, gradients (per step) and final parameters of the one-process run."""
-    from moviegen.model import MovieGenTransformer
+    from moviegen.models.transformer import MovieGenTransformer
     with torch.device("meta"):
         model = MovieGenTransformer(args)
     model.to_empty(device="cpu")
@@ -167,7 +167,7 @@ def run_reference(args, state):
 def run_parallel(args, state, layout: dict, ac: str = "none"):
     from types import SimpleNamespace
 
-    from moviegen.model import MovieGenTransformer
+    from moviegen.models.transformer import MovieGenTransformer
     from parallel.parallel_dims import ParallelDims
     from parallel.parallelize import clip_grad_norm_, load_full_state_dict, parallelize
     from parallel.tensor_parallel import canonical_name

@@ -17,14 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-_WRAPPER_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
-
-
-def clean_fqn(name: str) -> str:
-    for part in _WRAPPER_PARTS:
-        name = name.replace(part, "")
-    return name
-
+from parallel.state import canonical_name, gather_full_state_dict, model_tensors
 
 class EMA:
     def __init__(self, model: nn.Module, decay: float):
@@ -37,7 +30,7 @@ class EMA:
     def reset(self, model: nn.Module) -> None:
         """Shadow weights := the model's current parameters."""
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.shadow = {clean_fqn(n): p.detach().clone().float()
+        self.shadow = {canonical_name(n): p.detach().clone().float()
                        for n, p in model.named_parameters() if p.requires_grad}
 
     def _params(self, model: nn.Module) -> list[torch.Tensor]:
@@ -69,22 +62,11 @@ class EMA:
             if state[k] is not t:
                 t.copy_(state[k])
 
-    @torch.no_grad()
     def full_state_dict(self, model: nn.Module, is_main: bool) -> dict[str, torch.Tensor] | None:
         """The whole model's state dict with parameters replaced by EMA weights (CPU, in
         the parameters' dtype) on the main rank; None elsewhere. Collective."""
-        from torch.distributed.tensor import DTensor
-
-        dtypes = {clean_fqn(n): p.dtype for n, p in model.named_parameters()}
-        out = {}
-        for k, t in self.shadow.items():
-            full = t.full_tensor() if isinstance(t, DTensor) else t
-            if is_main:
-                out[k] = full.to(dtypes.get(k, full.dtype)).cpu()
-        if not is_main:
-            return None
-        for k, b in model.named_buffers():
-            if clean_fqn(k) not in out:
-                full = b.full_tensor() if isinstance(b, DTensor) else b
-                out[clean_fqn(k)] = full.detach().cpu()
-        return out
+        dtypes = {canonical_name(n): p.dtype for n, p in model.named_parameters()}
+        out = gather_full_state_dict(self.shadow.items(), is_main, dtypes)
+        buffers = [(n, b) for n, b in model_tensors(model) if n not in self.shadow]
+        rest = gather_full_state_dict(buffers, is_main)
+        return {**out, **rest} if is_main else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from moviegen.model import ModelArgs
+from moviegen.models.transformer import ModelArgs
 
 PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0}
 

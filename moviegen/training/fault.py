@@ -21,7 +21,7 @@ import signal
 import torch
 import torch.distributed as dist
 
-logger = logging.getLogger("moviegen.fault")
+logger = logging.getLogger("moviegen.training.fault")
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -56,6 +56,12 @@ class StopRequest:
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous = {}
+
+    def __enter__(self) -> "StopRequest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def agree_on_flags(flags: torch.Tensor, group=None) -> list[bool]:

@@ -1,0 +1,346 @@
+"""Dataclass configs from defaults < YAML < command line, with ``--help`` from field docs.
+
+Every entry point declares its options as a dataclass whose fields carry a docstring (the
+string literal under the field) and parses them here:
+
+    cfg = parse_args(JobConfig, argv, __doc__)      # --config FILE, --a.b=v, --a.b v, -h
+
+Values are checked against the annotations; a section (a nested dataclass) may define
+``validate(self)`` for its own rules, and a top-level class may check rules across
+sections in its own ``validate``. Every error is a ``ConfigError`` that names the dotted
+key and where the bad value came from (the YAML file or the command line), and is raised
+before any process group, model or output file exists.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import os
+import sys
+import textwrap
+import typing
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or impossible.
+
+    ``key`` is the dotted name of the offending field when one is known."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+def check(cond: bool, key: str, why: str) -> None:
+    """Raises ``ConfigError("key: why")`` unless ``cond``."""
+    if not cond:
+        raise ConfigError(f"{key}: {why}", key=key)
+
+
+def check_choice(value: Any, key: str, choices) -> None:
+    check(value in choices, key, f"{value!r} is not one of {', '.join(map(str, choices))}")
+
+
+# --------------------------------------------------------------------------- building
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks ``value`` against the annotation ``tp`` and builds nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got "
+                              f"{type(value).__name__} {value!r}", key=key)
+        return build_dataclass(tp, value, prefix=key + ".")
+    if origin in (list, tuple):
+        (elem_tp,) = typing.get_args(tp)[:1] or (Any,)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            value = [value]  # a repeated or single command-line value
+        return [_coerce(v, elem_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} "
+                              f"{value!r}", key=key)
+        return value
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-2" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # --prompt 123 or a numeric path component
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {type(value).__name__} {value!r}",
+                          key=key)
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected int, got bool {value!r}", key=key)
+    if not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} "
+                          f"{value!r}", key=key)
+    return value
+
+
+def build_dataclass(cls: type, values: dict, prefix: str = "") -> Any:
+    """``cls(**values)`` with unknown keys and wrong types rejected by dotted name."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise ConfigError(f"unknown key '{prefix}{unknown[0]}' (valid keys in "
+                          f"'{prefix.rstrip('.') or 'top level'}': {', '.join(names)})",
+                          key=prefix + unknown[0])
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def validate_tree(cfg: Any) -> None:
+    """Calls ``validate()`` on every nested section, innermost first, then on ``cfg``
+    (a section holding a list of sections validates its items itself, naming the index).
+    A ``ValueError`` from a section written outside this package ("key: why") becomes a
+    ``ConfigError`` for that key."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate_tree(value)
+    if hasattr(cfg, "validate"):
+        try:
+            cfg.validate()
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(str(e), key=str(e).split(":")[0]) from None
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------- sources
+def _set_dotted(tree: dict, dotted: str, value: Any, repeat: bool = False) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--{dotted}: '{p}' is a value, not a section", key=dotted)
+        node = child
+    last = parts[-1]
+    if repeat and last in node:  # --prompt a --prompt b -> [a, b]
+        prev = node[last]
+        node[last] = (prev if isinstance(prev, list) else [prev]) + [value]
+    else:
+        node[last] = value
+
+
+def _bool_fields(cls: type | None, prefix: str = "") -> set[str]:
+    if cls is None:
+        return set()
+    out = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if tp is bool:
+            out.add(prefix + f.name)
+        elif dataclasses.is_dataclass(tp):
+            out |= _bool_fields(tp, prefix + f.name + ".")
+    return out
+
+
+def parse_overrides(args: list[str], cls: type | None = None) -> dict:
+    """``["--train.steps=60", "--model.name", "1b"]`` -> nested dict (values parsed as YAML).
+
+    With ``cls``, a boolean field may be given as a bare flag (``--ema``) and a repeated key
+    collects its values into a list."""
+    bools = _bool_fields(cls)
+    tree: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}: options look like --key=value "
+                              f"or --section.key=value")
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+        elif arg[2:] in bools and (i + 1 >= len(args) or args[i + 1].startswith("--")):
+            key, raw = arg[2:], "true"
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"{arg}: missing value", key=arg[2:])
+            key, raw = arg[2:], args[i + 1]
+            i += 1
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key, value, repeat=cls is not None)
+        i += 1
+    return tree
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in tree.items():
+        out.add(prefix + k)
+        if isinstance(v, dict):
+            out |= _dotted_keys(v, prefix + k + ".")
+    return out
+
+
+def read_yaml(path: str) -> dict:
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            loaded = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return loaded or {}
+
+
+def load_config(path: str | None, overrides: list[str] | None = None, cls: type | None = None,
+                validate: bool = True) -> Any:
+    """Defaults < YAML file < command-line overrides; then every section's ``validate``.
+
+    An error names its source: ``FILE: key: why`` for a value from the file (or a rule
+    between values), ``command line: --key: why`` for a value given on the command line."""
+    if cls is None:
+        from moviegen.config.job import JobConfig
+        cls = JobConfig
+    tree = read_yaml(path) if path is not None else {}
+    cli = parse_overrides(overrides or [], cls)
+    cli_keys = _dotted_keys(cli)
+    source = path or "<defaults>"
+    try:
+        cfg = build_dataclass(cls, _deep_merge(tree, cli))
+        if validate:
+            validate_tree(cfg)
+    except ConfigError as e:
+        key = e.key or ""
+        bare = key.split("[")[0]
+        if bare in cli_keys or any(bare.startswith(k + ".") for k in cli_keys):
+            raise ConfigError(f"command line: --{e}", key=e.key) from None
+        raise ConfigError(f"{source}: {e}", key=e.key) from None
+    return cfg
+
+
+# --------------------------------------------------------------------------- help text
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass, read from its source."""
+    try:
+        src = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = ast.parse(src).body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe(cls: type | None = None, prefix: str = "") -> list[str]:
+    """One line per field: --dotted.key (default): docstring."""
+    if cls is None:
+        from moviegen.config.job import JobConfig
+        cls = JobConfig
+    lines = []
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"[{prefix}{f.name}] {docs.get(f.name, '')}")
+            lines.extend(describe(tp, prefix + f.name + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "required"
+        if dataclasses.is_dataclass(default) or (isinstance(default, list) and default
+                                                 and dataclasses.is_dataclass(default[0])):
+            default = "[...]"
+        lines.append(f"  --{prefix}{f.name} ({default!r}): {docs.get(f.name, '')}")
+    return lines
+
+
+def split_config_arg(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Splits ``--config PATH`` (or ``--config=PATH``) from the other options."""
+    path, rest, i = None, [], 0
+    while i < len(argv):
+        if argv[i] == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a path")
+            path = argv[i + 1]
+            i += 2
+            continue
+        if argv[i].startswith("--config="):
+            path = argv[i].split("=", 1)[1]
+        else:
+            rest.append(argv[i])
+        i += 1
+    return path, rest
+
+
+def print_help(cls: type, description: str) -> None:
+    print(description.strip("\n") + "\n\nOptions (any field; sections are dotted, "
+          "e.g. --train.steps=10):")
+    print("\n".join(describe(cls)))
+
+
+def parse_args(cls: type, argv: list[str] | None = None, description: str = "",
+               config_file: bool = True) -> Any:
+    """The one command-line parser of every entry point: ``-h/--help`` prints the
+    description and every field with its default and docstring, then exits 0; a
+    ``ConfigError`` propagates (entry points print it and exit 2)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print_help(cls, description)
+        raise SystemExit(0)
+    path, rest = split_config_arg(argv) if config_file else (None, argv)
+    return load_config(path, rest, cls=cls)
+
+
+def run_cli(fn, cls: type, argv: list[str] | None, description: str, **kwargs):
+    """Parses ``cls`` from ``argv`` and returns ``fn(cfg)``; a configuration error is one
+    line on stderr and exit status 2."""
+    try:
+        cfg = parse_args(cls, argv, description, **kwargs)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    return fn(cfg)

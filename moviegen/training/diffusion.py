@@ -1,0 +1,147 @@
+"""The flow-matching transformer's trainer: its model, data, step and validation.
+
+The loop, checkpoints, preemption, metrics and the non-finite guard are ``Trainer``'s;
+this file says only what is particular to the Movie Gen transformer:
+  model      text encoders (frozen) + MovieGenTransformer built on the meta device, then
+             parallel.parallelize (TP, CP, AC, compile, FSDP), materialised and initialised
+  data       moviegen.data.sources.build_data (synthetic latents, video files, precomputed)
+  step       t ~ logit-normal, x_t = t x1 + (1 - (1 - s) t) x0, MSE to the velocity
+  validate   the same loss on the held-out split with fixed t and noise
+  export     consolidated weights (+ EMA) in <output_dir>/final for moviegen.sample
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import torch
+
+from moviegen.data.sources import build_data, build_pixel_encoder, latent_grids
+from moviegen.flow import flow_matching_loss, interpolate, sample_t, target_velocity
+from moviegen.models.flops import flops_per_sample
+from moviegen.models.text_encoders import TextEncoders, drop_captions
+from moviegen.models.transformer import (MovieGenTransformer, adapt_stage_state_dict,
+                                         resolve_model_args)
+from moviegen.training.distributed import check_layout
+from moviegen.training.export import export_inference
+from moviegen.training.trainer import Trainer
+from parallel.parallelize import parallelize
+from parallel.state import gather_full_state_dict, load_full_state_dict, model_tensors
+
+logger = logging.getLogger("moviegen.training")
+
+
+class DiffusionTrainer(Trainer):
+    label = "train"
+    val_key = "val_loss"
+
+    def check_layout(self, world: int):
+        m = resolve_model_args(self.cfg.model)
+        return check_layout(self.cfg.parallel, world, m.n_heads, m.ffn_dim,
+                            latent_grids(self.cfg), self.cfg.model.patch_size)
+
+    def build_model(self) -> torch.nn.Module:
+        cfg = self.cfg
+        self.text_encoders = TextEncoders(cfg.text).to(self.device)
+        self.model_args = resolve_model_args(cfg.model, self.text_encoders.out_dims)
+        # meta -> parallelize (TP, CP, AC, compile, FSDP) -> materialise -> init
+        with torch.device("meta"):
+            model = MovieGenTransformer(self.model_args)
+        self.parallel = parallelize(model, self.dims, self.mesh, cfg.parallel,
+                                    self.device.type)
+        model.to_empty(device=self.device)
+        model.init_weights()
+        model.set_kernel_backend(cfg.model.kernels, self.device)
+        if cfg.train.init_from:
+            self._init_from(model, cfg.train.init_from)
+        self.pixel_encoder = build_pixel_encoder(cfg, self.device)  # data.kind=video only
+        self.last_batch_shape: tuple | None = None  # host metadata of the last batch
+        self._cost_cache: dict = {}
+        return model
+
+    def _init_from(self, model, directory: str) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(os.path.join(directory, "model.safetensors"), device=str(self.device))
+        state = adapt_stage_state_dict(state, model, self.cfg.train.position_resize)
+        load_full_state_dict(model, state)
+        logger.info("initialised from %s (position tables -> %s)", directory,
+                    (self.model_args.max_t, self.model_args.max_h, self.model_args.max_w))
+
+    def build_data(self, split: str):
+        loader = build_data(self.cfg, self.dp_rank, self.dp_size, split)
+        if split == "val":
+            self._val_start = loader.state_dict()  # every validation replays this epoch
+        return loader
+
+    # -- one step -----------------------------------------------------------
+    def prepare_batch(self, batch: dict, generator: torch.Generator, drop_text: bool):
+        """Latents, noise, t and text embeddings for one batch (no graph, no host sync)."""
+        if "latents" in batch:
+            x1 = batch["latents"].to(self.device, non_blocking=True)
+        else:  # pixels from video files: encode with the frozen TAE (or random patches)
+            x1 = self.pixel_encoder.encode(batch["video"].to(self.device, non_blocking=True))
+        if "text_embeds" in batch:  # precomputed by python -m moviegen.precompute
+            embeds = {k: v.to(self.device) for k, v in batch["text_embeds"].items()}
+            masks = {k: v.to(self.device) for k, v in batch["text_masks"].items()}
+        else:
+            embeds, masks = self.text_encoders.encode(batch["captions"])
+        if drop_text:
+            masks = drop_captions(masks, self.cfg.text.caption_dropout, generator)
+        t = sample_t(x1.shape[0], generator=generator).to(self.device)
+        x0 = torch.randn(x1.shape, generator=generator).to(self.device)
+        sigma = self.cfg.flow.sigma_min
+        return interpolate(x0, x1, t, sigma), t, target_velocity(x0, x1, sigma), embeds, masks
+
+    def forward_loss(self, x_t, t, target, embeds, masks):
+        with self.autocast():
+            pred = self.model(x_t, t, embeds, masks)
+        sum_sq, count = flow_matching_loss(pred, target)
+        return sum_sq / count
+
+    def forward_backward(self, batch: dict):
+        inputs = self.prepare_batch(batch, self.gen, drop_text=True)
+        self.last_batch_shape = tuple(inputs[0].shape)
+        loss = self.forward_loss(*inputs)
+        loss.backward()
+        tokens, flops = self.sample_cost(self.last_batch_shape)
+        B = self.last_batch_shape[0]
+        return loss.detach(), {"tokens": tokens * B, "flops": flops * B}
+
+    def after_backward(self) -> None:
+        self.parallel.finish_grads()  # TP: sum sequence-parallel partial grads
+
+    def sample_cost(self, latent_shape_BCTHW) -> tuple[int, float]:
+        """(video tokens, model FLOPs) of one sample of this latent shape (moviegen.models.flops)."""
+        key = tuple(latent_shape_BCTHW[1:])
+        if key not in self._cost_cache:
+            seq_len = math.prod(self.model.patch_grid(key))
+            text_len = sum(e.max_length for e in self.cfg.text.encoders)
+            self._cost_cache[key] = (seq_len, flops_per_sample(self.model_args, seq_len,
+                                                               text_len)["total"])
+        return self._cost_cache[key]
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Mean velocity MSE over the held-out set, with fixed t and noise every time."""
+        self.model.eval()
+        gen = torch.Generator().manual_seed(self.cfg.train.seed + 4242)
+        data = self.val_data
+        data.load_state_dict(self._val_start)
+        total, n = torch.zeros((), device=self.device), 0
+        for _ in range(data.batches_per_epoch()):
+            inputs = self.prepare_batch(next(data), gen, drop_text=False)
+            total += self.forward_loss(*inputs)
+            n += 1
+        return {"val_loss": self.mean_over_dp(total / max(n, 1)).item()}
+
+    def export(self) -> None:
+        """Consolidated weights (and EMA) in <output_dir>/final; collective on all ranks."""
+        state = gather_full_state_dict(model_tensors(self.model), self.is_main)
+        ema_state = self.ema.full_state_dict(self.model, self.is_main) if self.ema else None
+        if self.is_main:
+            export_inference(os.path.join(self.cfg.output_dir, "final"), state, self.cfg,
+                             self.text_encoders, ema_state_dict=ema_state,
+                             latent_shape=self.last_batch_shape[1:] if self.last_batch_shape
+                             else None)

@@ -1,0 +1,50 @@
+"""AdamW and its learning-rate schedule, from the ``train`` section (every model's)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def lr_lambda(train_cfg):
+    """Linear warmup, then constant or cosine down to ``min_lr_ratio`` at ``steps``."""
+    t = train_cfg
+
+    def fn(step: int) -> float:
+        if t.warmup_steps > 0 and step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.lr_schedule == "constant":
+            return 1.0
+        span = max(t.steps - t.warmup_steps, 1)
+        progress = min(max(step - t.warmup_steps, 0) / span, 1.0)
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def decays(name: str, p: torch.Tensor) -> bool:
+    """Weight decay for matrices; not for norms, biases, position or modulation tables."""
+    return not (p.ndim < 2 or "pos_embed" in name or "modulation" in name)
+
+
+def build_optimizer(model: torch.nn.Module, train_cfg, device: torch.device):
+    """(AdamW, LambdaLR) over the trainable parameters.
+
+    One group per (weight decay, device mesh): sharded parameters live on different meshes
+    (FSDP only, or FSDP x TP), and a fused/foreach step works within one mesh."""
+    groups: dict = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        wd = decays(name, p)
+        mesh = getattr(p, "device_mesh", None)
+        key = (wd, None if mesh is None else (tuple(mesh.mesh_dim_names or ()),
+                                              tuple(mesh.mesh.flatten().tolist())))
+        groups.setdefault(key, {"params": [], "weight_decay":
+                                train_cfg.weight_decay if wd else 0.0})["params"].append(p)
+    kwargs = dict(lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2))
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    opt = torch.optim.AdamW(list(groups.values()), **kwargs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train_cfg))
+    return opt, sched
