@@ -16,6 +16,7 @@ import numpy as np
 
 from moviegen.data import synthetic
 from moviegen.data.config import VideoDataConfig
+from moviegen.data.video_io import write_frames
 
 _CACHE: dict[str, str] = {}
 BROKEN_KINDS = ("corrupted", "truncated", "zero_byte", "missing", "wrong_codec")
@@ -49,18 +50,11 @@ def synthetic_dataset(num_videos: int = 16, num_images: int = 6) -> str:
 
 
 def write_h264(path: str, width: int = 48, height: int = 32, frames: int = 16, fps: int = 8):
-    import av
-
-    with av.open(path, "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        for k in range(frames):
-            arr = synthetic.draw_shape(height, width, "square", (200, 50, 50),
-                                       (0.2 + 0.6 * k / (frames - 1), 0.5), 12)
-            for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    """A red square moving right, as H.264 (which DALI's CPU decoder cannot read)."""
+    arr = np.stack([synthetic.draw_shape(height, width, "square", (200, 50, 50),
+                                         (0.2 + 0.6 * k / (frames - 1), 0.5), 12)
+                    for k in range(frames)])
+    write_frames(path, arr, fps, codec="libx264")
 
 
 def broken_dataset() -> tuple[str, dict[str, str]]:

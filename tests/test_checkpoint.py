@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from moviegen.training import checkpoint as ck
 from moviegen.config import load_config
-from moviegen.train import Trainer
+from moviegen.training.diffusion import DiffusionTrainer as Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "launch", "configs", "tiny.yaml")

@@ -26,7 +26,10 @@ from moviegen.flow import flow_matching_loss, interpolate, sample_t, target_velo
 from moviegen.data.latents import SyntheticLatentDataset
 from moviegen.models.transformer import build_model, resolve_model_args
 from moviegen.models.text_encoders import TextEncoders
-from moviegen.train import build_data, build_optimizer
+from moviegen.data.sources import build_data
+from moviegen.training.checkpoint import ModelState, OptimizerState
+from moviegen.training.optim import build_optimizer
+from moviegen.training.trainer import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "launch", "configs", "tiny.yaml")
@@ -161,16 +164,22 @@ def _ema_digest(ema, model):
 def job(rank, world, layout, ckpt_root, save):
     cfg, encoders, model = _setup()
     dp_rank, dp_size = _layout(model, layout)
-    optimizer, _ = build_optimizer(model, cfg, torch.device("cpu"))
+    optimizer, _ = build_optimizer(model, cfg.train, torch.device("cpu"))
     ema = EMA(model, 0.5)
     manager = CheckpointManager(ckpt_root, keep_last=2)
+    progress = TrainState()
+    manager.register("model", ModelState(model))
+    manager.register("optim", OptimizerState(model, optimizer))
+    manager.register("ema", ema)
+    manager.register_rank("train", progress)
     if save:
         for i in range(2):
             _train_step(model, optimizer, ema, _batch(cfg, encoders, i), dp_rank, dp_size)
-        manager.save(2, model, optimizer, {"step": 2}, ema=ema)
+        progress.step = 2
+        manager.save(2)
     else:
-        state = manager.load(latest_checkpoint(ckpt_root), model, optimizer, ema=ema)
-        assert state["step"] == 2
+        manager.load(latest_checkpoint(ckpt_root))
+        assert progress.step == 2
     with torch.no_grad():
         before = _loss(model, _batch(cfg, encoders, 9)).item()
     _train_step(model, optimizer, ema, _batch(cfg, encoders, 2), dp_rank, dp_size)
@@ -216,7 +225,7 @@ def _full_optimizer_digest(trainer):
 
 
 def trainer_job(rank, world, output_dir, resume_from, *layout):
-    from moviegen.train import Trainer
+    from moviegen.training.diffusion import DiffusionTrainer as Trainer
 
     extra = list(layout) + ([f"--checkpoint.resume_from={resume_from}"] if resume_from else [])
     trainer = Trainer(trainer_cfg(output_dir, *extra))

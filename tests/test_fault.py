@@ -14,9 +14,9 @@ import torch
 from moviegen import train
 from moviegen.training.fault import NonFiniteError, NonFiniteGuard
 from moviegen.data.latents import SyntheticLatentLoader
-from moviegen.train import Trainer
+from moviegen.training.diffusion import DiffusionTrainer as Trainer
 
-from tests.test_checkpoint import RecordingLoader, losses, make_cfg, run
+from test_checkpoint import RecordingLoader, losses, make_cfg, run
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_checkpoint_dist import ROOT, TINY, run_ranks
+from test_checkpoint_dist import ROOT, TINY, run_ranks
 
 WORLD = 2
 STEPS = 16

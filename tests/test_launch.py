@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from moviegen.config import load_config
-from parallel.parallel_dims import validate_layout
+from moviegen.training.diffusion import job_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "launch", "configs")
@@ -20,11 +20,11 @@ CONFIGS = os.path.join(ROOT, "launch", "configs")
 def test_stage_configs_validate_with_their_layouts(name, gpus, layout):
     cfg = load_config(os.path.join(CONFIGS, f"{name}.yaml"))
     assert cfg.model.name == "30b" and cfg.checkpoint.async_save
-    dims = validate_layout(cfg, gpus)
+    dims = job_layout(cfg, gpus)
     assert (dims.dp_shard, dims.cp, dims.tp) == layout
     assert cfg.output_dir == f"runs/{name}"
     with pytest.raises(Exception, match="world|divis|layout|product"):
-        validate_layout(cfg, gpus + 2)  # cp x tp no longer divides the world
+        job_layout(cfg, gpus + 2)  # cp x tp no longer divides the world
 
 
 def test_stage3_tokens_match_movie_gen():

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from moviegen import plot
-from tests.test_checkpoint import make_cfg
-from moviegen.train import Trainer
+from test_checkpoint import make_cfg
+from moviegen.training.diffusion import DiffusionTrainer as Trainer
 
 FIELDS = ("step", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s",
           "tflops_per_device", "mfu", "max_mem_gb", "data_wait_s", "fwd_bwd_s", "optimizer_s",

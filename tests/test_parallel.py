@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from moviegen.config import ConfigError, load_config
-from parallel.parallel_dims import ParallelDims, validate_layout
+from moviegen.training.diffusion import job_layout
+from parallel.parallel_dims import LayoutError, ParallelDims
 from parallel.tensor_parallel import BLOCK_TP_PLAN, is_sequence_parallel_param
 from dist_helpers import check_layouts, spawn
 
@@ -71,11 +72,11 @@ INVALID = [
 
 
 def _invalid_on_every_rank(rank, world_size):
-    from moviegen.train import init_distributed
+    from moviegen.training.distributed import init_distributed
     messages = []
     for overrides, _ in INVALID:
         try:
-            init_distributed(_cfg(*overrides), torch.device("cpu"))
+            init_distributed(job_layout(_cfg(*overrides), world_size), torch.device("cpu"))
             messages.append(None)
         except ConfigError as e:
             messages.append(str(e))
@@ -105,7 +106,7 @@ def test_torchrun_invalid_layout_exits_cleanly_on_every_rank():
 def test_bucket_error_names_the_bucket():
     dims = ParallelDims(1, 1, 4, 2, 8)
     dims.validate_buckets([("768px_10s", 32, 96, 96), ("768px_portrait", 16, 96, 54)], (1, 2, 2))
-    with pytest.raises(ConfigError, match="'image_odd'.*not divisible by cp x tp = 4 x 2"):
+    with pytest.raises(LayoutError, match="'image_odd'.*not divisible by cp x tp = 4 x 2"):
         dims.validate_buckets([("768px_10s", 32, 96, 96), ("image_odd", 1, 6, 6)], (1, 2, 2))
 
 
@@ -113,9 +114,11 @@ def test_dims_resolve_and_reject():
     cfg = SimpleNamespace(dp_replicate=2, dp_shard=-1, cp=4, tp=8)
     dims = ParallelDims.from_config(cfg, 6144)
     assert (dims.dp_shard, dims.dp, dims.fsdp, dims.seq_shards) == (96, 192, 384, 32)
-    with pytest.raises(ConfigError, match="tp=8 does not divide the model's 4 attention heads"):
-        ParallelDims(1, 1, 1, 8, 8).validate_model(SimpleNamespace(n_heads=4, ffn_dim=128))
-    assert validate_layout(_cfg("--parallel.cp=2", "--parallel.tp=2"), 8).dp_shard == 2
+    with pytest.raises(LayoutError, match="tp=8 does not divide the model's 4 attention heads"):
+        ParallelDims(1, 1, 1, 8, 8).validate_model(n_heads=4, ffn_dim=128)
+    assert job_layout(_cfg("--parallel.cp=2", "--parallel.tp=2"), 8).dp_shard == 2
+    with pytest.raises(ConfigError, match="parallel.tp: tp=8 does not divide"):
+        job_layout(_cfg("--parallel.tp=8"), 8)
 
 
 def test_plan_covers_every_parameter():

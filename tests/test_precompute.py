@@ -7,8 +7,8 @@ import torch
 from moviegen import precompute
 from moviegen.config import load_config
 from moviegen.training.metrics import read_metrics
-from moviegen.precompute import PrecomputedLoader
-from moviegen.train import Trainer
+from moviegen.data.precomputed import PrecomputedLoader
+from moviegen.training.diffusion import DiffusionTrainer as Trainer
 
 pytest.importorskip("av")
 

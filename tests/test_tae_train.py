@@ -1,79 +1,110 @@
-"""train_tae: a few steps write metrics.jsonl and a loadable checkpoint; FSDP2 over 2 gloo ranks
-computes the same update as one process."""
+"""TAE training through the one training loop: metrics, export, the CLI and its config
+errors, FSDP2 over 2 gloo ranks, the optional losses, the clip split, exact resume after
+SIGTERM, and a broken file among the clips."""
 import json
 import os
-import socket
+import signal
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from moviegen.config import ConfigError, load_config
+from dist_helpers import spawn
+from moviegen.config import ConfigError, TAEJobConfig, load_config
+from moviegen.data.clips import clip_loader_config, clips_manifest, held_out_clips
+from moviegen.data.loader import build_video_loader
+from moviegen.data.video_io import write_frames
 from moviegen.models.tae import TAE, TAEConfig, load_tae, outlier_penalty_loss
-from moviegen.train_tae import TAEJobConfig, main, train, validate_tae_job, write_synthetic_clips
+from moviegen.train_tae import main
+from moviegen.training.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TAE_YAML = os.path.join(ROOT, "launch/configs/tae_tiny.yaml")
+
+
+def write_clips(directory: str, n: int, frames: int = 12, size: int = 32) -> list[str]:
+    """``n`` bare VP9 clips (no captions, no manifest) of a square moving across."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        colour = rng.integers(60, 255, size=3)
+        video = np.zeros((frames, size, size, 3), np.uint8)
+        for t in range(frames):
+            x = 2 + (size - 12) * t // max(frames - 1, 1)
+            video[t, 10:20, x:x + 10] = colour
+        paths.append(write_frames(os.path.join(directory, f"clip_{i:02d}.webm"), video, 8,
+                                  realtime=True))
+    return paths
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("clips")
-    write_synthetic_clips(str(d), num_videos=5, num_frames=12, size=32)
+    write_clips(str(d), 5)
     return str(d)
 
 
-def _job(output_dir, data_dir, *extra):
-    return load_config(os.path.join(ROOT, "launch/configs/tae_tiny.yaml"), [
-        f"--output_dir={output_dir}", f"--data.data_dir={data_dir}", "--tae.base_channels=8",
-        "--data.height=32", "--data.width=32", "--data.num_frames=4", "--data.batch_size=2",
-        "--data.image_batch_size=2", "--data.num_val=1", "--data.val_frames=5",
-        "--train.steps=4", "--train.log_every=1", "--train.val_every=2", *extra],
-        cls=TAEJobConfig, validate=False)
+def _args(output_dir, data_dir, *extra):
+    return ["--config", TAE_YAML, f"--output_dir={output_dir}", f"--data.data_dir={data_dir}",
+            "--tae.base_channels=8", "--data.height=32", "--data.width=32",
+            "--data.num_frames=4", "--data.batch_size=2", "--data.image_batch_size=2",
+            "--data.num_val=1", "--data.val_frames=5", "--data.num_workers=0",
+            "--data.backend=pyav", "--train.steps=4", "--train.log_every=1",
+            "--train.val_every=2", "--train.progress_bar=false",
+            "--metrics.tensorboard=false", *extra]
 
 
 def test_short_training_run_writes_metrics_and_checkpoint(tmp_path, clip_dir):
     out = tmp_path / "run"
-    result = train(_job(str(out), clip_dir))
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
-    assert rows[0]["psnr"] is not None and rows[2]["psnr"] is not None and rows[1]["psnr"] is None
-    assert [r["kind"] for r in rows[1:]] == ["video", "video", "video", "image"]  # 1 image : 3 videos
-    for r in rows[1:]:
-        for key in ("loss", "recon", "opl", "lr", "step_time_s", "grad_norm"):
+    history = main(_args(str(out), clip_dir))
+    rows = read_metrics(str(out))
+    train_rows = [r for r in rows if "loss" in r]
+    val_rows = [r for r in rows if "psnr" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    assert [r["step"] for r in val_rows] == [0, 2, 4]
+    assert [r["kind"] for r in train_rows] == ["video", "video", "video", "image"]  # 1 : 3
+    for r in train_rows:
+        for key in ("loss", "recon", "opl", "lr", "step_time_s", "grad_norm", "data_wait_s"):
             assert isinstance(r[key], float), key
-    assert result == {"step": 4, "psnr": rows[-1]["psnr"]}
+        assert r["skipped_files"] == 0
+    assert history["psnr"][-1] == (4, val_rows[-1]["psnr"])
     assert (out / "recon.gif").exists()
+    assert (out / "checkpoints" / "latest").exists()
     tae = load_tae(str(out / "tae.safetensors"))
     assert tae.cfg.base_channels == 8 and tae.cfg.latent_scale > 0
     assert tae.encode(torch.zeros(1, 3, 5, 32, 32)).shape == (1, 8, 2, 8, 8)
 
 
 def test_cli_help_and_config_errors(capsys, tmp_path):
-    main(["--help"])
-    assert "--train.opl_r" in capsys.readouterr().out
-    with pytest.raises(ConfigError, match="data.height"):
-        validate_tae_job(_job(str(tmp_path), str(tmp_path), "--data.height=30"))
-    with pytest.raises(ConfigError, match="tae.temporal_compression"):
-        validate_tae_job(_job(str(tmp_path), str(tmp_path), "--tae.temporal_compression=8"))
-    with pytest.raises(ConfigError, match="perceptual_weights"):
-        validate_tae_job(_job(str(tmp_path), str(tmp_path), "--train.perceptual_weight=0.1"))
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    help_text = capsys.readouterr().out
+    for key in ("--loss.opl_r", "--train.steps", "--checkpoint.every_steps", "--data.data_dir"):
+        assert key in help_text
+    for override, needle in (("--data.height=30", "data.height"),
+                             ("--tae.temporal_compression=8", "tae.temporal_compression"),
+                             ("--loss.perceptual_weight=0.1", "perceptual_weights"),
+                             ("--parallel.tp=2", "parallel.tp")):
+        with pytest.raises(ConfigError, match=needle):
+            load_config(TAE_YAML, [f"--output_dir={tmp_path}", override], cls=TAEJobConfig)
+    with pytest.raises(SystemExit) as info:  # the CLI: one line, exit 2, nothing written
+        main(_args(str(tmp_path / "bad"), str(tmp_path), "--data.height=30"))
+    assert info.value.code == 2 and not (tmp_path / "bad").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _fsdp_worker(rank: int, world: int, port: int) -> None:
+def _fsdp_worker(rank: int, world: int) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
-    from parallel.tae import apply_tae_fsdp, full_state_dict
+    from moviegen.models.tae import Attention, ResBlock
+    from parallel.parallelize import apply_fsdp_units
+    from parallel.state import gather_full_state_dict, model_tensors
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
     cfg = TAEConfig(preset="tiny", base_channels=8, variational=False)
     torch.manual_seed(0)
     video = torch.rand(world, 3, 5, 16, 16) * 2 - 1
@@ -87,29 +118,46 @@ def _fsdp_worker(rank: int, world: int, port: int) -> None:
     ref.init_weights()
     sharded = TAE(cfg)
     sharded.load_state_dict(ref.state_dict())
-    apply_tae_fsdp(sharded, init_device_mesh("cpu", (world,)))
-    for model, x in ((ref, video), (sharded, video[rank:rank + 1])):  # FSDP averages over ranks
+    apply_fsdp_units(sharded, init_device_mesh("cpu", (world,)),
+                     [m for m in sharded.modules() if isinstance(m, (ResBlock, Attention))],
+                     ("encode", "encode_moments", "decode"))
+    for model, x in ((ref, video), (sharded, video[rank:rank + 1])):  # FSDP averages ranks
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         loss_of(model, x).backward()
         opt.step()
-    gathered = full_state_dict(sharded)
+    gathered = gather_full_state_dict(model_tensors(sharded), rank == 0)
     if rank == 0:
         for name, p in ref.state_dict().items():
             torch.testing.assert_close(gathered[name], p, rtol=1e-4, atol=1e-6, msg=name)
     with torch.no_grad():  # encode/decode run as FSDP forward methods
-        torch.testing.assert_close(sharded.encode(video), ref.encode(video), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(sharded.encode(video), ref.encode(video), rtol=1e-4,
+                                   atol=1e-5)
     dist.destroy_process_group()
 
 
+@pytest.mark.timeout(120)
 def test_fsdp2_step_matches_single_process():
-    mp.spawn(_fsdp_worker, args=(2, _free_port()), nprocs=2, join=True)
+    spawn(_fsdp_worker, 2, 110)
+
+
+def _torchrun_tae(rank: int, world: int, out: str, data: str) -> list:
+    history = main(_args(out, data, "--train.steps=3", "--train.val_every=3"))
+    return history["psnr"]
+
+
+@pytest.mark.timeout(180)
+def test_tae_trainer_under_fsdp_on_two_ranks(tmp_path, clip_dir):
+    per_rank = spawn(_torchrun_tae, 2, 170, str(tmp_path / "fsdp"), clip_dir)
+    assert per_rank[0] == per_rank[1] and per_rank[0][-1][0] == 3
+    assert (tmp_path / "fsdp" / "tae.safetensors").exists()
 
 
 def test_optional_perceptual_and_adversarial_terms(tmp_path, clip_dir):
-    """Both terms run from local weights only: a VGG16 file on disk, a discriminator from scratch."""
+    """Both terms run from local weights only: a VGG16 file on disk, a discriminator from
+    scratch (saved with the checkpoint)."""
     from safetensors.torch import save_file
 
-    from moviegen.train_tae import VGG16Features
+    from moviegen.models.tae_losses import VGG16Features
 
     torch.manual_seed(0)
     vgg_path = str(tmp_path / "vgg16.safetensors")
@@ -118,29 +166,81 @@ def test_optional_perceptual_and_adversarial_terms(tmp_path, clip_dir):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert vgg.distance(x, x).item() == 0.0 and vgg.distance(x, x.flip(-1)).item() > 0
     out = tmp_path / "run"
-    train(_job(str(out), clip_dir, "--train.steps=2", f"--train.perceptual_weights={vgg_path}",
-               "--train.perceptual_weight=0.1", "--train.adversarial_weight=0.1"))
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    assert rows[-1]["step"] == 2 and "d_loss" in rows[-1]
+    main(_args(str(out), clip_dir, "--train.steps=2", f"--loss.perceptual_weights={vgg_path}",
+               "--loss.perceptual_weight=0.1", "--loss.adversarial_weight=0.1"))
+    rows = [r for r in read_metrics(str(out)) if "loss" in r]
+    assert rows[-1]["step"] == 2 and rows[-1]["d_loss"] > 0
 
 
-def test_clip_split_from_manifest_or_sorted_order(tmp_path, clip_dir):
-    from moviegen.train_tae import TAEDataConfig, build_clip_loader, prepare_clips
-
+def test_clip_split_from_manifest_or_path_order(tmp_path, clip_dir):
     names = sorted(os.listdir(clip_dir))
-    plain = prepare_clips(TAEDataConfig(data_dir=clip_dir, num_val=2))
-    assert [os.path.basename(p) for p in plain["val"]] == names[-2:]
-    assert len(plain["train"]) == 3
+    manifest, report = clips_manifest(clip_dir, str(tmp_path / "plain"), num_val=2)
+    rows = [json.loads(line) for line in open(manifest)]
+    assert [os.path.basename(r["path"]) for r in rows if r["split"] == "val"] == names[-2:]
+    assert report["unreadable"] == []
     d = tmp_path / "ds"
     (d / "videos").mkdir(parents=True)
     rows = []
     for i, n in enumerate(names):
         os.symlink(os.path.join(clip_dir, n), d / "videos" / n)
-        rows.append({"path": f"videos/{n}", "type": "video", "split": "val" if i == 0 else "train"})
-    rows.append({"path": "images/x.png", "type": "image", "split": "train"})
+        rows.append({"path": f"videos/{n}", "caption": "", "type": "video", "width": 32,
+                     "height": 32, "fps": 8, "frames": 12, "duration": 1.5,
+                     "split": "val" if i == 0 else "train"})
     (d / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = TAEDataConfig(data_dir=str(d), num_val=1, height=32, width=32)
-    split = prepare_clips(cfg)
-    assert [os.path.basename(p) for p in split["val"]] == names[:1] and len(split["train"]) == 4
-    batch = next(build_clip_loader(cfg, split, "train", num_frames=5, batch_size=3))["video"]
+    manifest, _ = clips_manifest(str(d), str(tmp_path / "ds_work"), num_val=1)
+    val = held_out_clips(manifest, num_val=1, frames=5, multiple=8)
+    assert len(val) == 1 and val[0].shape == (1, 3, 5, 32, 32)
+    cfg = clip_loader_config(manifest, frames=5, fps=8.0, height=32, width=32, batch_size=3,
+                             multiple=8, backend="pyav", num_workers=0)
+    loader = build_video_loader(cfg, dp_rank=0, dp_size=1, seed=0)
+    batch = next(loader)["video"]
     assert batch.shape == (3, 3, 5, 32, 32) and -1 <= batch.min() and batch.max() <= 1
+    assert loader.batches_per_epoch() == 1  # 4 training clips, batches of 3 (drop last)
+    loader.close()
+
+
+def test_text_file_named_mp4_is_skipped_and_counted(tmp_path, clip_dir):
+    data = tmp_path / "clips"
+    data.mkdir()
+    for n in os.listdir(clip_dir):
+        os.symlink(os.path.join(clip_dir, n), data / n)
+    (data / "notes.mp4").write_text("this is not a video\n")
+    out = tmp_path / "run"
+    main(_args(str(out), str(data), "--train.steps=2", "--data.max_skip_fraction=0.5"))
+    rows = [r for r in read_metrics(str(out)) if "loss" in r]
+    assert rows[-1]["step"] == 2 and rows[-1]["skipped_files"] == 1
+
+
+def _losses(out) -> dict:
+    return {r["step"]: r["loss"] for r in read_metrics(str(out)) if "loss" in r}
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_then_same_command_logs_the_uninterrupted_losses(tmp_path, clip_dir):
+    """A TAE run stopped by SIGTERM and started again with the same command logs exactly
+    the losses of a run that was never stopped."""
+    steps = ["--train.steps=12", "--train.val_every=100", "--checkpoint.every_steps=0"]
+    straight = tmp_path / "straight"
+    main(_args(str(straight), clip_dir, *steps))
+    out = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "moviegen.train_tae", *_args(str(out), clip_dir, *steps)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline:  # stop it once a few steps are logged
+        if (out / "metrics.jsonl").exists() and len(_losses(out)) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=200)
+    assert proc.returncode == 0, log[-3000:]
+    stopped_at = int((out / "preempted").read_text())
+    assert 3 <= stopped_at < 12, log[-2000:]
+    assert "preempted at step" in log
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert _losses(out) == _losses(straight)  # exact: same floats, every step
+    ref = load_tae(str(straight / "tae.safetensors")).state_dict()
+    got = load_tae(str(out / "tae.safetensors")).state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)

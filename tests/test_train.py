@@ -8,7 +8,8 @@ import torch
 from moviegen.config import load_config
 from moviegen.data.latents import SyntheticLatentDataset, SyntheticLatentLoader
 from moviegen.training.metrics import read_metrics
-from moviegen.train import Trainer, lr_lambda
+from moviegen.training.diffusion import DiffusionTrainer as Trainer
+from moviegen.training.optim import lr_lambda
 
 REQUIRED = {"step", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s",
             "tflops_per_device", "mfu", "max_mem_gb", "data_wait_s"}
@@ -52,7 +53,7 @@ def test_export_is_read_by_the_sampler(short_run, tmp_path):
 
 def test_lr_schedule_warmup_then_cosine():
     cfg = load_config(None, ["--train.steps=100", "--train.warmup_steps=10", "--train.min_lr_ratio=0.1"])
-    f = lr_lambda(cfg)
+    f = lr_lambda(cfg.train)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)
     assert all(f(i) >= f(i + 1) for i in range(10, 100))

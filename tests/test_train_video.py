@@ -5,7 +5,7 @@ import torch
 from moviegen.config import ConfigError, load_config
 from moviegen.data.sources import RandomPatchEncoder, latent_grids
 from moviegen.training.metrics import read_metrics
-from moviegen.train import Trainer
+from moviegen.training.diffusion import DiffusionTrainer as Trainer
 
 av = pytest.importorskip("av")
 

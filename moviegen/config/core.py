@@ -151,26 +151,33 @@ def _set_dotted(tree: dict, dotted: str, value: Any, repeat: bool = False) -> No
         node[last] = value
 
 
-def _bool_fields(cls: type | None, prefix: str = "") -> set[str]:
+def _fields_of_type(cls: type | None, want, prefix: str = "") -> set[str]:
+    """Dotted names of the fields whose annotation ``want(tp)`` accepts."""
     if cls is None:
         return set()
     out = set()
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if tp is bool:
+        if dataclasses.is_dataclass(tp):
+            out |= _fields_of_type(tp, want, prefix + f.name + ".")
+        elif want(tp):
             out.add(prefix + f.name)
-        elif dataclasses.is_dataclass(tp):
-            out |= _bool_fields(tp, prefix + f.name + ".")
     return out
+
+
+def _is_list(tp) -> bool:
+    return typing.get_origin(tp) in (list, tuple) or any(
+        typing.get_origin(a) in (list, tuple) for a in typing.get_args(tp))
 
 
 def parse_overrides(args: list[str], cls: type | None = None) -> dict:
     """``["--train.steps=60", "--model.name", "1b"]`` -> nested dict (values parsed as YAML).
 
-    With ``cls``, a boolean field may be given as a bare flag (``--ema``) and a repeated key
-    collects its values into a list."""
-    bools = _bool_fields(cls)
+    With ``cls``, a boolean field may be given as a bare flag (``--ema``) and a repeated
+    list field collects its values (``--prompt a --prompt b``); otherwise the last wins."""
+    bools = _fields_of_type(cls, lambda tp: tp is bool)
+    lists = _fields_of_type(cls, _is_list)
     tree: dict = {}
     i = 0
     while i < len(args):
@@ -191,7 +198,7 @@ def parse_overrides(args: list[str], cls: type | None = None) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        _set_dotted(tree, key, value, repeat=cls is not None)
+        _set_dotted(tree, key, value, repeat=key in lists)
         i += 1
     return tree
 

@@ -37,6 +37,7 @@ def clips_manifest(data_dir: str, work_dir: str, num_val: int) -> tuple[str, dic
     from moviegen.data.prepare import prepare
 
     report: dict = {"unreadable": []}
+    os.makedirs(work_dir, exist_ok=True)
     source = os.path.join(data_dir, "manifest.jsonl")
     if os.path.isfile(source):
         rows = [row for _, _, row in iter_jsonl(source)]
@@ -60,7 +61,6 @@ def clips_manifest(data_dir: str, work_dir: str, num_val: int) -> tuple[str, dic
                              f"data.num_val={num_val}")
         for r in train[-(num_val - have):]:
             r["split"] = "val"
-    os.makedirs(work_dir, exist_ok=True)
     out = os.path.join(work_dir, "clips_manifest.jsonl")
     write_rows(out, rows)
     return out, report
@@ -78,12 +78,13 @@ def clip_loader_config(manifest: str, frames: int, fps: float, height: int, widt
                        num_workers: int = 1, max_skip_fraction: float = 0.05
                        ) -> VideoDataConfig:
     """Loader settings that yield [batch_size, 3, frames, height, width] clips: one bucket
-    (width / height, frames / fps seconds), resized so the frame covers it, randomly cropped."""
+    (width / height, frames / fps seconds), resized so the frame covers it, randomly
+    cropped; a last partial batch is dropped, so every step sees batch_size clips."""
     area = int(round((height * width) ** 0.5))
     return VideoDataConfig(
         manifest=manifest, backend=backend, num_workers=num_workers, fps=fps,
         resolution=area, size_multiple=multiple, aspect_ratios=[width / height],
-        durations=[frames / fps], use_images=False, tokens_per_batch=1 << 30,
+        durations=[frames / fps], use_images=False, tokens_per_batch=1 << 30, drop_last=True,
         max_batch_size=batch_size, temporal_compression=1, spatial_compression=1,
         patch=[1, 1, 1], min_side=1, min_duration_s=0.0, max_duration_s=1e9,
         max_skip_fraction=max_skip_fraction, skip_check_min_files=1 << 30).validate()

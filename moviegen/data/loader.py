@@ -242,6 +242,9 @@ class VideoLoader:
             dl = torch.utils.data.DataLoader(
                 _SpecDataset(self.codecs), batch_size=None, sampler=_IterableSpecs(specs),
                 num_workers=nw, collate_fn=_Identity(),
+                # its own generator: starting an iterator (again after a resume) must not
+                # draw from the global RNG the training step uses
+                generator=torch.Generator().manual_seed(self.seed),
                 prefetch_factor=self.cfg.prefetch_batches if nw > 0 else None,
                 pin_memory=self.device.type == "cuda")
             self._source = iter(dl)

@@ -22,6 +22,8 @@ import os
 
 import numpy as np
 
+from moviegen.data.video_io import write_frames
+
 COLORS = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 230),
     "yellow": (235, 210, 40), "purple": (150, 60, 200), "orange": (245, 140, 30),
@@ -85,19 +87,7 @@ def draw_shape(height: int, width: int, shape: str, color, centre_xy, size: floa
 
 def write_webm(path: str, frames_THWC: np.ndarray, fps: int, crf: int = 20) -> None:
     """Encodes uint8 frames as VP9 in WebM (the codec DALI decodes on CPU)."""
-    import av
-
-    t, h, w, _ = frames_THWC.shape
-    with av.open(path, "w") as container:
-        stream = container.add_stream("libvpx-vp9", rate=int(fps))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"deadline": "realtime", "cpu-used": "8", "crf": str(crf),
-                          "b:v": "0", "row-mt": "0"}
-        for arr in frames_THWC:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_frames(path, frames_THWC, fps, codec="libvpx-vp9", crf=crf, realtime=True)
 
 
 def excluded(caption: str, exclude: set[str]) -> bool:

@@ -2,12 +2,13 @@
 
     write_video("out.mp4", video_CTHW, fps=16)    # H.264 (libx264; mpeg4 if missing)
     write_video("out.webm", video_CTHW, fps=16)   # VP9 (what DALI's CPU decoder reads)
+    write_frames("out.mkv", frames_THWC_uint8, fps=8, codec="libx265")
     write_gif("out.gif", video_CTHW, fps=16)      # preview, Pillow
     video_CTHW = read_video("clip.webm", num_frames=16, start=0)
     info = probe_video("out.mp4")                 # {"frames", "width", "height", "fps", "codec"}
 
-PyAV does the encoding and decoding; yuv420p needs even sizes, so odd H or W are padded by
-repeating the last row/column for mp4/webm (a GIF keeps the exact size).
+The one place the project encodes video (PyAV); yuv420p needs even sizes, so odd H or W are
+padded by repeating the last row/column (a GIF keeps the exact size).
 """
 from __future__ import annotations
 
@@ -52,31 +53,43 @@ def _pick_codec(path: str, codec: Optional[str]) -> str:
     raise RuntimeError(f"no encoder for {ext} in this PyAV build (tried {_CODECS[ext]})")
 
 
-def write_video(path: str, video_CTHW: torch.Tensor, fps: int = 16, codec: Optional[str] = None,
-                crf: int = 18) -> str:
-    """Writes a [3, T, H, W] video in [-1, 1] to .mp4 (H.264) or .webm (VP9); returns path."""
+def write_frames(path: str, frames_THWC: np.ndarray, fps: float = 16,
+                 codec: Optional[str] = None, crf: int = 18, realtime: bool = False) -> str:
+    """Encodes uint8 frames [T, H, W, 3]: .mp4 -> H.264 (libx264; mpeg4 if missing),
+    .webm -> VP9 (what DALI's CPU decoder reads), .mkv -> H.264, or ``codec`` by name
+    (e.g. "libx265", "mpeg2video"). ``realtime``: VP9's fastest preset (test data).
+    Odd sizes are padded by repeating the last row/column (yuv420p needs even sizes)."""
     import av
 
-    frames = to_uint8_frames(video_CTHW)
+    frames = np.ascontiguousarray(frames_THWC)
     T, H, W, _ = frames.shape
-    if H % 2 or W % 2:  # yuv420p needs even sizes
+    if H % 2 or W % 2:
         frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
     codec = _pick_codec(path, codec)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with av.open(path, mode="w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps))
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         if codec in ("libx264", "libvpx-vp9"):
             stream.options = {"crf": str(crf)}
             if codec == "libvpx-vp9":
                 stream.options["b"] = "0"  # constant quality mode
+                if realtime:
+                    stream.options.update({"deadline": "realtime", "cpu-used": "8",
+                                           "row-mt": "0"})
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def write_video(path: str, video_CTHW: torch.Tensor, fps: float = 16,
+                codec: Optional[str] = None, crf: int = 18) -> str:
+    """Writes a [3, T, H, W] video in [-1, 1] (see ``write_frames``); returns path."""
+    return write_frames(path, to_uint8_frames(video_CTHW), fps, codec, crf)
 
 
 def write_gif(path: str, video_CTHW: torch.Tensor, fps: int = 16) -> str:

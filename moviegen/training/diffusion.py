@@ -32,14 +32,21 @@ from parallel.state import gather_full_state_dict, load_full_state_dict, model_t
 logger = logging.getLogger("moviegen.training")
 
 
+def job_layout(cfg, world: int):
+    """ParallelDims of a transformer job on ``world`` ranks: every layout rule (world size,
+    heads and FFN width against tp, each data shape's tokens against cp x tp), checked as
+    a ConfigError without any process group."""
+    m = resolve_model_args(cfg.model)
+    return check_layout(cfg.parallel, world, m.n_heads, m.ffn_dim, latent_grids(cfg),
+                        cfg.model.patch_size)
+
+
 class DiffusionTrainer(Trainer):
     label = "train"
     val_key = "val_loss"
 
     def check_layout(self, world: int):
-        m = resolve_model_args(self.cfg.model)
-        return check_layout(self.cfg.parallel, world, m.n_heads, m.ffn_dim,
-                            latent_grids(self.cfg), self.cfg.model.patch_size)
+        return job_layout(self.cfg, world)
 
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg

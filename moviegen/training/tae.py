@@ -190,11 +190,14 @@ class TAETrainer(Trainer):
                    "kl": kl.detach(), "kind": "image" if is_image else "video"}
         return loss.detach(), metrics
 
-    def after_step(self, batch: dict, skipped: bool) -> None:
+    def after_step(self, batch: dict, skipped: bool) -> dict:
         """The discriminator's hinge update on real clips vs the reconstructions."""
         if not self._gan_step:
-            return
+            return {}
         x, recon = self._gan_inputs
+        self._gan_inputs = None
+        # the generator's backward also reached the discriminator: start from zero
+        self.opt_d.zero_grad(set_to_none=True)
         with self.autocast():
             d_loss = (F.relu(1 - self.disc(x)).float().mean()
                       + F.relu(1 + self.disc(recon)).float().mean())
@@ -202,7 +205,7 @@ class TAETrainer(Trainer):
         if not skipped:
             self.opt_d.step()
         self.opt_d.zero_grad(set_to_none=True)
-        self._gan_inputs = None
+        return {"d_loss": d_loss.detach()}
 
     # -- validation and export ----------------------------------------------
     @torch.no_grad()

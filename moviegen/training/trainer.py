@@ -121,8 +121,10 @@ class Trainer:
     def after_backward(self) -> None:
         """Between backward and clipping (e.g. TP's sequence-parallel gradient sums)."""
 
-    def after_step(self, batch: dict, skipped: bool) -> None:
-        """After the optimizer step (e.g. a discriminator's own update)."""
+    def after_step(self, batch: dict, skipped: bool) -> dict:
+        """After the optimizer step (e.g. a discriminator's own update); returns more
+        metrics for the step."""
+        return {}
 
     def skipped_files(self) -> int:
         """Inputs skipped so far because they could not be read (metrics.jsonl)."""
@@ -200,7 +202,7 @@ class Trainer:
                 self.ema.update(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.after_step(batch, skipped)
+        metrics.update(self.after_step(batch, skipped))
         return {"loss": loss, "grad_norm": grad_norm, "metrics": metrics, "skipped": skipped,
                 "stop": stop, "fwd_bwd_s": t1 - t0, "optim_s": time.perf_counter() - t1}
 
