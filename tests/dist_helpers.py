@@ -169,8 +169,8 @@ def run_parallel(args, state, layout: dict, ac: str = "none"):
 
     from moviegen.models.transformer import MovieGenTransformer
     from parallel.parallel_dims import ParallelDims
-    from parallel.parallelize import clip_grad_norm_, load_full_state_dict, parallelize
-    from parallel.tensor_parallel import canonical_name
+    from parallel.parallelize import clip_grad_norm_, parallelize
+    from parallel.state import canonical_name, load_full_state_dict
     from torch.distributed.tensor import DTensor
 
     cfg = SimpleNamespace(dp_replicate=layout.get("dp_replicate", 1),

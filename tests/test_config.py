@@ -26,10 +26,9 @@ def test_float_field_accepts_int_and_list_of_sections():
     ("--train.progress_bar=3", "train.progress_bar: expected true/false"),
     ("--model.name=13b", "model.name: '13b' is not a registered size"),
     ("--model.n_heads=5", "model.n_heads: 5 heads do not divide dim 64"),
-    ("--parallel.tp=8", "parallel.tp: tp=8 does not divide model heads 4"),
     ("--train.lr_schedule=linear", "train.lr_schedule"),
     ("--data.latent_width=11", "data.latent_width: 11 is not divisible by the patch width 2"),
-    ("--data.latent_frames=64", "exceed model.max_latent_frames"),
+    ("--data.latent_frames=64", "exceeds model.max_latent_frames"),
     ("--text.encoders=[{name: gpt}]", "text.encoders[0].name"),
     ("--text.encoders=[{name: ul2, path: /does/not/exist}]", "text.encoders[0].path"),
     ("--model.kernels=cuda", "model.kernels"),
@@ -38,7 +37,25 @@ def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ConfigError) as e:
         load_config(TINY, [override])
     assert needle in str(e.value)
-    assert str(e.value).startswith(TINY + ": ")  # the file is named too
+    # the source of the bad value is named: here the command line (alone, or with the file
+    # for a rule between values), never the YAML file alone
+    assert str(e.value).startswith(("command line: ", f"{TINY} with the command-line")), \
+        str(e.value)
+
+
+def test_bad_value_in_the_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: -3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: train.steps: must be >= 0"):
+        load_config(str(bad), ["--train.lr=0.1"])
+    with pytest.raises(ConfigError, match=r"^command line: train.lr: must be > 0"):
+        load_config(str(bad), ["--train.lr=-1", "--train.steps=3"])
+
+
+def test_repeated_list_option_collects_and_scalar_last_wins():
+    cfg = load_config(None, ["--train.steps=3", "--train.steps=5", "--metrics.profile_steps=2",
+                             "--metrics.profile_steps=4"])
+    assert cfg.train.steps == 5 and cfg.metrics.profile_steps == [2, 4]
 
 
 def test_yaml_errors(tmp_path):
@@ -62,9 +79,12 @@ def test_override_parsing():
 
 
 def test_every_field_has_a_docstring():
-    lines = describe()
-    undocumented = [l for l in lines if l.rstrip().endswith(":")]
-    assert not undocumented, undocumented
+    from moviegen.config import TAEJobConfig
+
+    for cls in (JobConfig, TAEJobConfig):
+        lines = describe(cls)
+        undocumented = [l for l in lines if l.rstrip().endswith(":")]
+        assert not undocumented, undocumented
 
 
 def test_cli_config_error_exits_before_start(tmp_path):

@@ -214,11 +214,13 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 
 
 def _dotted_keys(tree: dict, prefix: str = "") -> set[str]:
+    """Dotted names of the values set in ``tree`` (leaves, not sections)."""
     out = set()
     for k, v in tree.items():
-        out.add(prefix + k)
-        if isinstance(v, dict):
+        if isinstance(v, dict) and v:
             out |= _dotted_keys(v, prefix + k + ".")
+        else:
+            out.add(prefix + k)
     return out
 
 
@@ -253,10 +255,16 @@ def load_config(path: str | None, overrides: list[str] | None = None, cls: type 
         if validate:
             validate_tree(cfg)
     except ConfigError as e:
-        key = e.key or ""
-        bare = key.split("[")[0]
-        if bare in cli_keys or any(bare.startswith(k + ".") for k in cli_keys):
-            raise ConfigError(f"command line: --{e}", key=e.key) from None
+        bare = (e.key or "").split("[")[0]
+
+        def given(keys: set[str]) -> bool:
+            return bare in keys or any(bare.startswith(k + ".") for k in keys)
+
+        if given(cli_keys):
+            raise ConfigError(f"command line: {e}", key=e.key) from None
+        if cli_keys and not given(_dotted_keys(tree)):  # a rule between values of both
+            raise ConfigError(f"{source} with the command-line options: {e}",
+                              key=e.key) from None
         raise ConfigError(f"{source}: {e}", key=e.key) from None
     return cfg
 

@@ -50,7 +50,8 @@ class ModelConfig:
     def validate(self) -> None:
         from moviegen.models.transformer import MODEL_REGISTRY, resolve_model_args
 
-        check_choice(self.name, "model.name", list(MODEL_REGISTRY))
+        check(self.name in MODEL_REGISTRY, "model.name", f"'{self.name}' is not a registered "
+              f"size (choose from {', '.join(MODEL_REGISTRY)})")
         args = resolve_model_args(self)
         check(args.dim > 0 and args.n_heads > 0 and args.n_layers > 0 and args.ffn_dim > 0,
               "model", "dim, n_heads, n_layers and ffn_dim must be positive")
@@ -70,9 +71,9 @@ class ModelConfig:
               f"{tuple(self.patch_size)} does not divide")
         check(T // pt <= self.max_latent_frames and H // ph <= self.max_latent_height
               and W // pw <= self.max_latent_width, "model.max_latent_*",
-              f"data '{name}' gives a patch grid ({T // pt}, {H // ph}, {W // pw}) larger "
-              f"than the position tables ({self.max_latent_frames}, {self.max_latent_height}, "
-              f"{self.max_latent_width})")
+              f"data '{name}' gives a patch grid ({T // pt}, {H // ph}, {W // pw}) that "
+              f"exceeds model.max_latent_frames/height/width = ({self.max_latent_frames}, "
+              f"{self.max_latent_height}, {self.max_latent_width})")
 
 
 @dataclass
@@ -363,8 +364,6 @@ class JobConfig:
                   "train.init_from", f"no model.safetensors in '{self.train.init_from}' (give "
                   f"an export directory, e.g. <output_dir>/final of the previous stage)")
 
-        for name, T, H, W in latent_grids(self):
-            self.model.patch_grid_fits(name, T, H, W)
         if self.data.kind == "synthetic_latents":
             check(self.data.latent_height % self.model.patch_size[1] == 0, "data.latent_height",
                   f"{self.data.latent_height} is not divisible by the patch height "
@@ -372,3 +371,5 @@ class JobConfig:
             check(self.data.latent_width % self.model.patch_size[2] == 0, "data.latent_width",
                   f"{self.data.latent_width} is not divisible by the patch width "
                   f"{self.model.patch_size[2]}")
+        for name, T, H, W in latent_grids(self):
+            self.model.patch_grid_fits(name, T, H, W)
