@@ -18,14 +18,16 @@ Stages (each timed; the summary goes to <output_dir>/demo_summary.json):
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from moviegen.config import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAE_CONFIG = os.path.join(ROOT, "launch", "configs", "tae_tiny.yaml")
@@ -165,11 +167,19 @@ def plot_losses(out: str, png: str) -> None:
     plt.close(fig)
 
 
+@dataclass
+class DemoArgs:
+    output_dir: str = "runs/demo"
+    """Where every stage writes (emptied first: the demo always starts fresh)."""
+    quick: bool = False
+    """A smoke run of every stage (about a minute)."""
+
+
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output_dir", default="runs/demo")
-    ap.add_argument("--quick", action="store_true", help="a smoke run of every stage")
-    a = ap.parse_args(argv)
+    return run_cli(run, DemoArgs, argv, __doc__, config_file=False)
+
+
+def run(a: DemoArgs) -> dict:
     size = FULL if not a.quick else QUICK
     out = a.output_dir
     if os.path.exists(out):

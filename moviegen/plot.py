@@ -7,9 +7,11 @@ Reads ``<RUN_DIR>/metrics.jsonl``; needs only matplotlib (Agg backend, no displa
 """
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import dataclass
+from typing import Optional
 
+from moviegen.config import check, run_cli
 from moviegen.training.metrics import read_metrics
 
 
@@ -73,14 +75,25 @@ def plot_run(run_dir: str, output: str | None = None) -> str:
     return output
 
 
+@dataclass
+class PlotArgs:
+    run_dir: str
+    """output_dir of a run (holds metrics.jsonl); may also be given as the first argument."""
+    output: Optional[str] = None
+    """PNG path (default RUN_DIR/run.png)."""
+
+    def validate(self) -> None:
+        check(os.path.isfile(os.path.join(self.run_dir, "metrics.jsonl")), "run_dir",
+              f"no metrics.jsonl in '{self.run_dir}'")
+
+
 def main(argv=None) -> str:
-    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    ap.add_argument("run_dir", help="output_dir of a run (holds metrics.jsonl)")
-    ap.add_argument("--output", default=None, help="PNG path (default RUN_DIR/run.png)")
-    a = ap.parse_args(argv)
-    path = plot_run(a.run_dir, a.output)
-    print(path)
-    return path
+    def run(a: PlotArgs) -> str:
+        path = plot_run(a.run_dir, a.output)
+        print(path)
+        return path
+
+    return run_cli(run, PlotArgs, argv, __doc__, config_file=False, positional="run_dir")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def _worker(rank: int, port: int, manifest: str, out_dir: str):
         for _, batch in zip(range(STEPS), loader):
             digest = hashlib.sha256(batch["video"].numpy().tobytes()).hexdigest()
             mine.append({"digest": digest, "paths": batch["paths"], "bucket": batch["bucket"],
-                         "ids": batch["text_ids"].sum().item()})
+                         "captions": batch["captions"]})
         everyone = [None] * WORLD
         dist.all_gather_object(everyone, mine)
         if rank == 0:

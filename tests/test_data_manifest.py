@@ -96,7 +96,7 @@ def test_prepare_jsonl_input_missing_file_and_bad_row(tmp_path):
 @pytest.mark.parametrize("field, value", [
     ("backend", "ffmpeg"), ("fps", 0), ("durations", []), ("aspect_ratios", [1.0, -2.0]),
     ("size_multiple", 12), ("max_skip_fraction", 1.5), ("min_duration_s", 20.0),
-    ("patch", [1, 2]), ("text_max_length", 1),
+    ("patch", [1, 2]),
 ])
 def test_config_validate_names_field(field, value):
     cfg = VideoDataConfig()

@@ -102,7 +102,7 @@ def test_meta_build_30b_counts_29_to_31_billion_instantly():
         m = MovieGenTransformer(ModelArgs(**MODEL_REGISTRY["30b"], text_dims=DEFAULT_TEXT_DIMS))
     counts = count_parameters(m)
     assert 29e9 <= counts["total"] <= 31e9
-    # 48 x (4d^2 + 4d^2 + 3 d 16384) = 28.99B in the blocks (design.md)
+    # 48 x (4d^2 + 4d^2 + 3 d 16384) = 28.99B in the blocks (Movie Gen 30B)
     d = 6144
     assert counts["blocks"] == 48 * (8 * d * d + 3 * d * 16384 + 6 * d + 3 * d)
     assert all(p.is_meta for p in m.parameters())

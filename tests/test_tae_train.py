@@ -100,7 +100,7 @@ def test_cli_help_and_config_errors(capsys, tmp_path):
 def _fsdp_worker(rank: int, world: int) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
-    from moviegen.models.tae import Attention, ResBlock
+    from moviegen.models.tae import AxialAttention, ResBlock
     from parallel.parallelize import apply_fsdp_units
     from parallel.state import gather_full_state_dict, model_tensors
 
@@ -119,7 +119,7 @@ def _fsdp_worker(rank: int, world: int) -> None:
     sharded = TAE(cfg)
     sharded.load_state_dict(ref.state_dict())
     apply_fsdp_units(sharded, init_device_mesh("cpu", (world,)),
-                     [m for m in sharded.modules() if isinstance(m, (ResBlock, Attention))],
+                     [m for m in sharded.modules() if isinstance(m, (ResBlock, AxialAttention))],
                      ("encode", "encode_moments", "decode"))
     for model, x in ((ref, video), (sharded, video[rank:rank + 1])):  # FSDP averages ranks
         opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -109,6 +109,11 @@ def build_dataclass(cls: type, values: dict, prefix: str = "") -> Any:
                           f"'{prefix.rstrip('.') or 'top level'}': {', '.join(names)})",
                           key=prefix + unknown[0])
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    for f in dataclasses.fields(cls):
+        if (f.name not in kwargs and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING):
+            raise ConfigError(f"{prefix}{f.name}: required (--{prefix}{f.name}=...)",
+                              key=prefix + f.name)
     return cls(**kwargs)
 
 
@@ -305,7 +310,8 @@ def describe(cls: type | None = None, prefix: str = "") -> list[str]:
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
-            default = "required"
+            lines.append(f"  --{prefix}{f.name} (required): {docs.get(f.name, '')}")
+            continue
         if dataclasses.is_dataclass(default) or (isinstance(default, list) and default
                                                  and dataclasses.is_dataclass(default[0])):
             default = "[...]"
@@ -332,20 +338,24 @@ def split_config_arg(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def print_help(cls: type, description: str) -> None:
-    print(description.strip("\n") + "\n\nOptions (any field; sections are dotted, "
-          "e.g. --train.steps=10):")
+    nested = any(dataclasses.is_dataclass(tp) for tp in typing.get_type_hints(cls).values())
+    print(description.strip("\n") + "\n\nOptions" + (" (any field; sections are dotted, "
+          "e.g. --train.steps=10)" if nested else "") + ":")
     print("\n".join(describe(cls)))
 
 
 def parse_args(cls: type, argv: list[str] | None = None, description: str = "",
-               config_file: bool = True) -> Any:
+               config_file: bool = True, positional: str | None = None) -> Any:
     """The one command-line parser of every entry point: ``-h/--help`` prints the
     description and every field with its default and docstring, then exits 0; a
-    ``ConfigError`` propagates (entry points print it and exit 2)."""
+    ``ConfigError`` propagates (entry points print it and exit 2). ``positional`` names
+    the field a leading bare argument sets (``python -m moviegen.plot RUN_DIR``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print_help(cls, description)
         raise SystemExit(0)
+    if positional and argv and not argv[0].startswith("-"):
+        argv = [f"--{positional}={argv[0]}", *argv[1:]]
     path, rest = split_config_arg(argv) if config_file else (None, argv)
     return load_config(path, rest, cls=cls)
 

@@ -87,9 +87,6 @@ class VideoDataConfig:
     max_duration_s: float = 16.0
     """Filter: longest video kept, seconds (Movie Gen: 16)."""
 
-    text_max_length: int = 128
-    """Caption tokens (bytes + EOS) per sample; longer captions are truncated."""
-
     shuffle: bool = True
     """Shuffle samples and batch order each epoch (train split only; val never shuffles)."""
 
@@ -153,8 +150,6 @@ class VideoDataConfig:
             bad("min_side", "must be >= 1")
         if not (0 <= self.min_duration_s <= self.max_duration_s):
             bad("min_duration_s", f"must be in [0, max_duration_s={self.max_duration_s}]")
-        if self.text_max_length < 2:
-            bad("text_max_length", "must be >= 2")
         if not (0.0 <= self.max_skip_fraction <= 1.0):
             bad("max_skip_fraction", "must be in [0, 1]")
         if self.skip_check_min_files < 1:
@@ -172,7 +167,7 @@ def moviegen_256px(manifest: str = "") -> VideoDataConfig:
         durations=[4.0, 6.0, 8.0, 12.0, 16.0], image_ratio=0.1,
         tokens_per_batch=4 * 32 * 16 * 16, max_batch_size=256,
         temporal_compression=8, spatial_compression=8, min_side=256,
-        min_duration_s=4.0, max_duration_s=16.0, text_max_length=256, num_workers=8)
+        min_duration_s=4.0, max_duration_s=16.0, num_workers=8)
 
 
 def moviegen_768px(manifest: str = "") -> VideoDataConfig:

@@ -3,7 +3,6 @@
     loader = build_video_loader(cfg, dp_rank=r, dp_size=n, seed=0, split="train")
     for batch in loader:            # never ends; epochs advance inside
         batch["video"]              # float32 [B, 3, T, H, W] in [-1, 1] (images: T = 1)
-        batch["text_ids"]           # int64 [B, L]; batch["text_mask"] bool [B, L]
         batch["captions"]           # ["FPS-8 a red circle moves ...", ...]
         batch["bucket"], batch["paths"]
     state = loader.state_dict()     # exact resume: load_state_dict(state) on a new loader
@@ -33,13 +32,13 @@ from moviegen.data.config import SPLITS, VideoDataConfig
 from moviegen.data.decode import BatchSpec, decode_batch_pyav, sample_spec
 from moviegen.data.manifest import Manifest, load_manifest
 from moviegen.data.sampler import EpochPlan, build_epoch_plan
-from moviegen.models.tokenizer import ByteTokenizer, fps_prefix
+from moviegen.models.tokenizer import fps_prefix
 
 logger = logging.getLogger(__name__)
 _STATE_VERSION = 1
 
 
-def resolve_backend(requested: str) -> str:
+def pick_decoder(requested: str) -> str:
     from moviegen.data.dali_decode import dali_available
 
     if requested == "pyav":
@@ -204,7 +203,6 @@ class VideoLoader:
                     "dp %d/%d", split, n_used, n_rows,
                     len(np.unique(self.bucket_ids[self.bucket_ids >= 0])), backend,
                     dp_rank, dp_size)
-        self.tokenizer = ByteTokenizer(cfg.text_max_length)
         self._planner = _Planner(cfg, manifest, self.buckets, self.bucket_ids, seed=seed,
                                  split=split, dp_rank=dp_rank, dp_size=dp_size)
         # position of the next batch to *yield*
@@ -306,12 +304,10 @@ class VideoLoader:
         samples = [spec.samples[i] for i in kept]
         captions = [fps_prefix(self.manifest.captions[s.row],
                                s.fps_used if s.kind == "video" else None) for s in samples]
-        ids, mask = self.tokenizer(captions)
         video = item["video"]
         if video.device != self.device:
             video = video.to(self.device, non_blocking=True)
-            ids, mask = ids.to(self.device), mask.to(self.device)
-        return {"video": video, "text_ids": ids, "text_mask": mask, "captions": captions,
+        return {"video": video, "captions": captions,
                 "bucket": spec.bucket.name, "paths": [s.path for s in samples],
                 "fps": [s.fps_used for s in samples]}
 
@@ -398,7 +394,7 @@ def build_video_loader(cfg: VideoDataConfig, *, dp_rank: int, dp_size: int, seed
             raise ValueError("data.video.manifest is empty: point it at a manifest.jsonl "
                              "(python -m moviegen.data.synthetic --output_dir DIR ...)")
         manifest = load_manifest(path)
-    backend = resolve_backend(cfg.backend)
+    backend = pick_decoder(cfg.backend)
     logger.info("moviegen.data: decoding with %s", backend)
     return VideoLoader(cfg, manifest, dp_rank=dp_rank, dp_size=dp_size, seed=seed, split=split,
                        device=device, backend=backend, codecs=codecs)

@@ -18,15 +18,17 @@ keeps the 1-3 s synthetic clips) with the flags on top.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from multiprocessing import get_context
+from typing import Optional
 
 import numpy as np
 
+from moviegen.config.core import check, run_cli
 from moviegen.data.buckets import assign_buckets, make_buckets
 from moviegen.data.config import VideoDataConfig, moviegen_256px, moviegen_768px
 from moviegen.data.manifest import (IMAGE_EXTS, VIDEO_EXTS, Manifest, ManifestError, iter_jsonl,
@@ -179,32 +181,50 @@ def _to_manifest(rows: list[dict], root: str) -> Manifest:
                     is_val=np.array([r["split"] == "val" for r in rows]))
 
 
+@dataclass
+class PrepareArgs:
+    input: str
+    """A folder of media (captions from a .txt beside each file), or a .jsonl of rows."""
+    output: str
+    """manifest.jsonl to write."""
+    preset: str = "tiny"
+    """Filter and bucket preset: tiny (the CPU demo's), 256px or 768px (Movie Gen's)."""
+    min_side: Optional[int] = None
+    """Drop files whose shorter side is below this (pixels)."""
+    min_duration: Optional[float] = None
+    """Drop videos shorter than this (seconds)."""
+    max_duration: Optional[float] = None
+    """Drop videos longer than this (seconds)."""
+    fps: Optional[float] = None
+    """Target sampling frame rate of the buckets."""
+    durations: Optional[list[float]] = None
+    """Bucket durations in seconds."""
+    workers: int = 1
+    """Probe processes."""
+
+    def validate(self) -> None:
+        check(os.path.exists(self.input), "input", f"'{self.input}' does not exist")
+        check(self.preset in PRESETS, "preset",
+              f"'{self.preset}' is not one of {', '.join(sorted(PRESETS))}")
+        check(self.workers >= 1, "workers", "must be >= 1")
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--input", required=True, help="folder of media, or a .jsonl of rows")
-    p.add_argument("--output", required=True, help="manifest.jsonl to write")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    p.add_argument("--min_side", type=int, default=None)
-    p.add_argument("--min_duration", type=float, default=None, help="seconds")
-    p.add_argument("--max_duration", type=float, default=None, help="seconds")
-    p.add_argument("--fps", type=float, default=None, help="target sampling fps")
-    p.add_argument("--durations", type=float, nargs="+", default=None, help="bucket seconds")
-    p.add_argument("--workers", type=int, default=1, help="probe processes")
-    a = p.parse_args(argv)
-    cfg = PRESETS[a.preset]()
-    for flag, field in (("min_side", "min_side"), ("min_duration", "min_duration_s"),
-                        ("max_duration", "max_duration_s"), ("fps", "fps"),
-                        ("durations", "durations")):
-        if getattr(a, flag) is not None:
-            setattr(cfg, field, getattr(a, flag))
-    cfg.validate()
-    try:
-        summary = prepare(a.input, a.output, cfg, a.workers)
-    except ManifestError as e:
-        sys.exit(f"prepare: {e}")
-    print(json.dumps(summary, indent=1))
+    def run(a: PrepareArgs) -> None:
+        cfg = PRESETS[a.preset]()
+        for flag, name in (("min_side", "min_side"), ("min_duration", "min_duration_s"),
+                           ("max_duration", "max_duration_s"), ("fps", "fps"),
+                           ("durations", "durations")):
+            if getattr(a, flag) is not None:
+                setattr(cfg, name, getattr(a, flag))
+        try:
+            cfg.validate()
+            summary = prepare(a.input, a.output, cfg, a.workers)
+        except (ManifestError, ValueError) as e:
+            sys.exit(f"prepare: {e}")
+        print(json.dumps(summary, indent=1))
+
+    run_cli(run, PrepareArgs, argv, __doc__, config_file=False)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,15 @@ which the default (tiny) VideoDataConfig accepts; Movie Gen's 4-16 s filter woul
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
+from moviegen.config.core import run_cli
 from moviegen.data.video_io import write_frames
 
 COLORS = {
@@ -175,39 +178,55 @@ def generate(output_dir: str, num_videos: int, num_images: int = 0, seed: int = 
     return manifest
 
 
+@dataclass
+class SyntheticArgs:
+    output_dir: str
+    """Folder to write (videos/, images/, captions, manifest.jsonl)."""
+    num_videos: int
+    """VP9 .webm clips to write."""
+    num_images: Optional[int] = None
+    """Still images (default: num_videos // 4)."""
+    seed: int = 0
+    """Random seed (same seed, same files)."""
+    val_fraction: float = 0.1
+    """Fraction of the videos marked split "val"."""
+    min_duration: float = 1.0
+    """Shortest clip, seconds."""
+    max_duration: float = 3.0
+    """Longest clip, seconds."""
+    short_side: list[int] = field(default_factory=lambda: list(SHORT_SIDES))
+    """Pixel sizes the shorter side is drawn from (e.g. --short_side=[32,40])."""
+    exclude: list[str] = field(default_factory=list)
+    """Entries never generated: "red circle" (colour + shape) or "red+from right to left"
+    (all parts in the caption); repeat the option for several."""
+    colors: list[str] = field(default_factory=list)
+    """Subset of the colours (default: all)."""
+    shapes: list[str] = field(default_factory=list)
+    """Subset of the shapes (default: all)."""
+    aspect_ratios: list[str] = field(default_factory=list)
+    """Subset of the aspect ratios, e.g. "16:9" (default: all)."""
+    frame_rates: list[int] = field(default_factory=lambda: list(FRAME_RATES))
+    """Frame rates the clips are drawn from."""
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--num_videos", type=int, required=True)
-    p.add_argument("--num_images", type=int, default=None,
-                   help="still images (default: num_videos // 4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val_fraction", type=float, default=0.1)
-    p.add_argument("--min_duration", type=float, default=1.0, help="seconds")
-    p.add_argument("--max_duration", type=float, default=3.0, help="seconds")
-    p.add_argument("--short_side", type=int, nargs="+", default=list(SHORT_SIDES),
-                   help="pixel sizes the shorter side is drawn from")
-    p.add_argument("--exclude", default="",
-                   help='comma-separated entries never generated: "red circle" (colour + shape) '
-                        'or "red+from right to left" (all parts in the caption)')
-    p.add_argument("--colors", default="", help=f"comma-separated subset of {', '.join(COLORS)}")
-    p.add_argument("--shapes", default="", help=f"comma-separated subset of {', '.join(SHAPES)}")
-    p.add_argument("--aspect_ratios", default="",
-                   help=f"comma-separated subset of {', '.join(ASPECT_RATIOS)}")
-    p.add_argument("--frame_rates", type=int, nargs="+", default=list(FRAME_RATES))
-    a = p.parse_args(argv)
-    num_images = a.num_videos // 4 if a.num_images is None else a.num_images
-    manifest = generate(a.output_dir, a.num_videos, num_images, a.seed, a.val_fraction,
-                        a.min_duration, a.max_duration, tuple(a.short_side),
-                        frame_rates=tuple(a.frame_rates), exclude=a.exclude.split(","),
-                        colors=[c for c in a.colors.split(",") if c] or None,
-                        shapes=[c for c in a.shapes.split(",") if c] or None,
-                        aspect_ratios=[c for c in a.aspect_ratios.split(",") if c] or None)
-    with open(manifest) as f:
-        n = sum(1 for _ in f)
-    print(json.dumps({"manifest": manifest, "rows": n, "videos": a.num_videos,
-                      "images": num_images}))
+    def run(a: SyntheticArgs) -> None:
+        num_images = a.num_videos // 4 if a.num_images is None else a.num_images
+        try:
+            manifest = generate(a.output_dir, a.num_videos, num_images, a.seed, a.val_fraction,
+                                a.min_duration, a.max_duration, tuple(a.short_side),
+                                frame_rates=tuple(a.frame_rates), exclude=a.exclude,
+                                colors=a.colors or None, shapes=a.shapes or None,
+                                aspect_ratios=a.aspect_ratios or None)
+        except ValueError as e:
+            print(f"config error: {e}", file=sys.stderr)
+            raise SystemExit(2)
+        with open(manifest) as f:
+            n = sum(1 for _ in f)
+        print(json.dumps({"manifest": manifest, "rows": n, "videos": a.num_videos,
+                          "images": num_images}))
+
+    run_cli(run, SyntheticArgs, argv, __doc__, config_file=False)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Model FLOPs for MFU (design.md): what the model must compute, recomputation not credited.
+"""Model FLOPs for MFU: what the model must compute, recomputation not credited.
 
 Per training sample (forward + backward = 3x forward, 2 FLOPs per multiply-add):
   dense      6 x (weights applied per video token) x S

@@ -22,7 +22,7 @@ longest clip that encodes to t latent frames (pass ``num_frames=1`` to decode an
 
 Spatial sizes must be divisible by the spatial compression (Movie Gen buckets its aspect ratios).
 
-Tiled inference (design.md): ``encode_tiled`` encodes tiles of 32 frames (4 latent frames at
+Tiled inference (Movie Gen, sec. 3.1.1): ``encode_tiled`` encodes tiles of 32 frames (4 latent frames at
 8x; for other compressions the default is 4 * ct frames) independently, with no overlap;
 ``decode_tiled`` decodes tiles of 4 latent frames overlapping by 2 and blends the overlap
 linearly, so memory is bounded by the tile and the seams do not show.
@@ -205,7 +205,7 @@ class ResBlock(nn.Module):
 
 
 
-class Attention(nn.Module):
+class AxialAttention(nn.Module):
     """Self-attention over the frames' pixels (axis="space") or each pixel's frames ("time")."""
 
     def __init__(self, channels: int, head_dim: int, axis: str):
@@ -243,8 +243,8 @@ class MidBlock(nn.Module):
         super().__init__()
         layers = {"res1": ResBlock(channels, channels)}
         if attention:
-            layers["attn_space"] = Attention(channels, head_dim, "space")
-            layers["attn_time"] = Attention(channels, head_dim, "time")
+            layers["attn_space"] = AxialAttention(channels, head_dim, "space")
+            layers["attn_time"] = AxialAttention(channels, head_dim, "time")
         layers["res2"] = ResBlock(channels, channels)
         self.layers = nn.ModuleDict(layers)
 

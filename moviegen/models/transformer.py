@@ -8,7 +8,7 @@ Shape legend
     D model width, N heads, E head dim (D / N), F SwiGLU hidden width,
     L text tokens (all encoders concatenated), K text-encoder width.
 
-Per block (design.md): adaLN-modulated RMSNorm -> bidirectional self-attention -> gated
+Per block (Movie Gen, sec. 3.1.2): adaLN-modulated RMSNorm -> bidirectional self-attention -> gated
 residual; RMSNorm -> cross-attention to text -> residual; adaLN-modulated RMSNorm ->
 SwiGLU -> gated residual. No biases. adaLN-single: one shared time MLP makes the six
 modulation vectors; each block adds its own learnable [6, D] table. Factorized learnable
@@ -112,7 +112,7 @@ class ModulatedRMSNorm(RMSNorm):
 class AttentionCore(nn.Module):
     """softmax(q k^T / sqrt(E)) v over [B, N, S, E] tensors; the one swappable attention op.
 
-    The kernels issue routes it to Triton, the context-parallel plan replaces it with
+    ``kernels`` routes it to Triton or SDPA, the context-parallel plan replaces it with
     an all-gather-K/V version. Key padding mask: [B, L] bool, True = real key.
     """
 

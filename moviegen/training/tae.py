@@ -27,7 +27,7 @@ from moviegen.data.clips import (clip_loader_config, clips_manifest, has_media,
                                  held_out_clips)
 from moviegen.data.loader import build_video_loader
 from moviegen.data.video_io import write_gif
-from moviegen.models.tae import (TAE, Attention, ResBlock, kl_loss, outlier_penalty_loss,
+from moviegen.models.tae import (TAE, AxialAttention, ResBlock, kl_loss, outlier_penalty_loss,
                                  save_tae)
 from moviegen.training.checkpoint import ModelState, OptimizerState
 from moviegen.training.distributed import check_layout
@@ -71,7 +71,7 @@ class TAETrainer(Trainer):
             model.load_state_dict(load_file(os.path.join(cfg.train.init_from,
                                                          "tae.safetensors"),
                                             device=str(self.device)), strict=True)
-        self._shard(model, [m for m in model.modules() if isinstance(m, (ResBlock, Attention))],
+        self._shard(model, [m for m in model.modules() if isinstance(m, (ResBlock, AxialAttention))],
                     _FORWARD_METHODS)
         self.disc = self.opt_d = self.vgg = None
         if loss.adversarial_weight > 0:
