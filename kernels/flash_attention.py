@@ -443,7 +443,8 @@ def _use_tma(*tensors: torch.Tensor) -> bool:
             return False
     for t in tensors:
         size = t.element_size()
-        if t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
+        # a broadcast (stride 0) dimension cannot be described to the TMA unit
+        if t.data_ptr() % 16 or any(st == 0 or (st * size) % 16 for st in t.stride()[:-1]):
             return False
     return True
 

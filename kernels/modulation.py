@@ -260,7 +260,12 @@ def modulated_rms_norm_bwd(dy, x_BSD, weight_D, scale_BD, rstd_BS, d_res=None, g
     """
     fused = gate_BD is not None
     B, S, D = x_BSD.shape
-    dy = dy.contiguous()
+    # the kernel indexes every operand as dense rows (a weight sliced from a larger
+    # parameter or a gradient of any layout arrives here): make them so, no-op when already
+    dy, x_BSD, scale_BD, rstd_BS = (t.contiguous() for t in (dy, x_BSD, scale_BD, rstd_BS))
+    weight_D = weight_D.contiguous() if weight_D is not None else None
+    if fused:
+        gate_BD, h_BSD = gate_BD.contiguous(), h_BSD.contiguous()
     dx = torch.empty(x_BSD.shape, device=x_BSD.device, dtype=x_BSD.dtype)
     dh = torch.empty_like(h_BSD, memory_format=torch.contiguous_format) if fused else None
     block_s, block_d, num_warps = _row_tiling(D)
@@ -299,6 +304,7 @@ def gated_residual_fwd(x_BSD, gate_BD, h_BSD):
 def gated_residual_bwd(d_out, gate_BD, h_BSD):
     """Returns (dh, d_gate fp32). dx is d_out itself."""
     B, S, D = h_BSD.shape
+    d_out, gate_BD, h_BSD = d_out.contiguous(), gate_BD.contiguous(), h_BSD.contiguous()
     dh = torch.empty(h_BSD.shape, device=h_BSD.device, dtype=h_BSD.dtype)
     block_s, block_d, num_warps = _row_tiling(D)
     num_warps = _backward_warps(block_s * block_d, num_warps)
@@ -306,7 +312,7 @@ def gated_residual_bwd(d_out, gate_BD, h_BSD):
     d_gate_p = torch.zeros((B, per_sample, D), device=h_BSD.device, dtype=torch.float32)
     if S > 0:
         _gated_residual_bwd_kernel[(per_sample, B)](
-            d_out.contiguous(), gate_BD, h_BSD, dh, d_gate_p, S, D, rows,
+            d_out, gate_BD, h_BSD, dh, d_gate_p, S, D, rows,
             BLOCK_S=block_s, BLOCK_D=block_d, num_warps=num_warps)
     return dh, d_gate_p.sum(1)
 
