@@ -73,16 +73,6 @@ def gated_residual(x_BSD, gate_BD, h_BSD, backend: str = "auto"):
     return reference.gated_residual_reference(x_BSD, gate_BD, h_BSD)
 
 
-def gated_residual_modulated_rms_norm(x_BSD, gate_BD, h_BSD, weight_D, scale_BD, shift_BD,
-                                      eps: float = 1e-6, backend: str = "auto"):
-    """(x_new, y): x_new = x + gate * h; y = modulated_rms_norm(x_new, weight, scale, shift)."""
-    if resolve_backend(backend, x_BSD.device) == "triton":
-        return _triton("modulation").gated_residual_modulated_rms_norm(
-            x_BSD, gate_BD, h_BSD, weight_D, scale_BD, shift_BD, eps)
-    x_new = reference.gated_residual_reference(x_BSD, gate_BD, h_BSD)
-    return x_new, reference.modulated_rms_norm_reference(x_new, weight_D, scale_BD, shift_BD, eps)
-
-
 def add_factorized_pos_embed(x_BSD, pos_t_TD, pos_h_HD, pos_w_WD, grid_THW,
                              token_offset: int = 0, backend: str = "auto"):
     """x + pos_t[t] + pos_h[h] + pos_w[w] for tokens [token_offset, token_offset + S)."""

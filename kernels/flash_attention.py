@@ -27,7 +27,7 @@ interpreter); if that kernel fails to build it falls back, with a warning, to th
 pointer kernel, which Triton software-pipelines (num_stages). MOVIEGEN_ATTN_WS=1 adds
 warp-specialised configs to its autotuning. The backward kernels use pointer loads.
 
-Layering (style.md item 8): kernels -> launchers (registered as torch.library custom ops,
+Layering (as in Liger-Kernel): kernels -> launchers (registered as torch.library custom ops,
 opaque to torch.compile) -> autograd.Function -> functional API and the ``FlashAttention``
 module.
 """

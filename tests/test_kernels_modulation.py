@@ -13,8 +13,7 @@ import torch  # noqa: E402
 pytest.importorskip("triton", reason="triton is not installed; the torch path is tested elsewhere")
 
 from kernels import reference  # noqa: E402
-from kernels.modulation import (ModulatedRMSNorm, gated_residual,  # noqa: E402
-                                gated_residual_modulated_rms_norm, modulated_rms_norm)
+from kernels.modulation import gated_residual, modulated_rms_norm  # noqa: E402
 from kernels.testing import (DEVICE, DTYPE_IDS, DTYPES, as_layout,  # noqa: E402
                              check_against_float64)
 
@@ -82,24 +81,6 @@ def test_gated_residual_any_layout(dtype, x_layout, grad_layout):
                           views=views, grad_layout=grad_layout, names=["x", "gate", "h"])
 
 
-def _fused_ref(x, gate, h, w, scale, shift):
-    x_new = reference.gated_residual_reference(x, gate, h)
-    return x_new, reference.modulated_rms_norm_reference(x_new, w, scale, shift, EPS)
-
-
-@dtypes
-@pytest.mark.parametrize("x_layout,grad_layout", LAYOUT_CASES[:3])
-def test_fused_residual_norm_any_layout(dtype, x_layout, grad_layout):
-    B, S, D = 2, 19, 40
-    leaves = _leaves(dtype, (B, S, D), (B, D), (B, S, D), (D,), (B, D), (B, D), seed=9)
-    views = [lambda t: as_layout(t, x_layout, dims=(0, 1)), lambda t: as_layout(t, "sliced"),
-             lambda t: as_layout(t, "transposed", dims=(0, 1)),
-             *_strided_views(x_layout)[1:]]
-    check_against_float64(lambda *a: gated_residual_modulated_rms_norm(*a, EPS), _fused_ref,
-                          leaves, dtype, views=views, grad_layout=grad_layout,
-                          names=["x", "gate", "h", "weight", "scale", "shift"])
-
-
 @dtypes
 @pytest.mark.parametrize("shape", SHAPES[:2])
 def test_gated_residual_matches_reference(dtype, shape):
@@ -107,17 +88,6 @@ def test_gated_residual_matches_reference(dtype, shape):
     check_against_float64(gated_residual, reference.gated_residual_reference,
                           _leaves(dtype, (B, S, D), (B, D), (B, S, D), seed=1), dtype,
                           names=["x", "gate", "h"])
-
-
-@dtypes
-@pytest.mark.parametrize("used", ["both", "x_new_only", "y_only"])
-def test_fused_residual_norm_matches_reference(dtype, used):
-    B, S, D = 2, 19, 40
-    leaves = _leaves(dtype, (B, S, D), (B, D), (B, S, D), (D,), (B, D), (B, D), seed=2)
-    pick = {"both": lambda o: o, "x_new_only": lambda o: o[0], "y_only": lambda o: o[1]}[used]
-    check_against_float64(lambda *a: pick(gated_residual_modulated_rms_norm(*a, EPS)),
-                          lambda *a: pick(_fused_ref(*a)), leaves, dtype,
-                          names=["x", "gate", "h", "weight", "scale", "shift"])
 
 
 def test_mixed_dtypes_follow_reference_promotion():
@@ -140,22 +110,11 @@ def test_backward_is_deterministic():
                                           (B, D), seed=4)
     runs = []
     for _ in range(2):
-        x_new, y = gated_residual_modulated_rms_norm(x, gate, h, w, scale, shift, EPS)
+        x_new = gated_residual(x, gate, h)
+        y = modulated_rms_norm(x_new, w, scale, shift, EPS)
         runs.append(torch.autograd.grad((x_new * 0.5).sum() + (y * y).sum(), [gate, w, scale, shift]))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
-
-
-def test_module_uses_its_weight():
-    B, S, D = 2, 4, 16
-    norm = ModulatedRMSNorm(D, eps=EPS, device=DEVICE)
-    with torch.no_grad():
-        norm.weight.copy_(torch.randn(D))
-    x, scale, shift = _leaves(torch.float32, (B, S, D), (B, D), (B, D), seed=5)
-    y = norm(x, scale, shift)
-    torch.testing.assert_close(y, reference.modulated_rms_norm_reference(x, norm.weight, scale, shift, EPS))
-    y.sum().backward()
-    assert norm.weight.grad is not None and torch.count_nonzero(norm.weight.grad) > 0
 
 
 def test_bad_shapes_raise_clear_errors():

@@ -1,9 +1,9 @@
 """Kernel benchmark: each Triton kernel vs eager torch and torch.compile of its reference,
 flash attention vs every available SDPA backend; forward, backward, forward+backward.
 
-    python benchmarks/kernels.py                 # full run (GPU only), ~5-10 min on an H100
-    python benchmarks/kernels.py --quick         # smaller shapes, a smoke run
-    python benchmarks/kernels.py --check         # bf16/fp16 correctness of every kernel vs the
+    python benchmarks/kernel_bench.py                 # full run (GPU only), ~5-10 min on an H100
+    python benchmarks/kernel_bench.py --quick         # smaller shapes, a smoke run
+    python benchmarks/kernel_bench.py --check         # bf16/fp16 correctness of every kernel vs the
                                                  # float64 reference (bf16 cannot be checked on CPU)
 
 Units: GB/s for the memory-bound kernels (bytes = each input read once + each output
@@ -12,7 +12,7 @@ measured in the same run; TFLOP/s for attention (4*B*H*Sq*Sk*E forward, 2.5x tha
 backward, 3.5x forward+backward). Writes benchmarks/results/kernels_<device>.json and
 .md (device, torch and triton versions, the command).
 
-Issue-5 targets on H100 (figures, not assertions): adaLN and position add >= 85% of the
+Targets on H100 (figures, not assertions): adaLN and position add >= 85% of the
 copy bandwidth and faster than torch.compile; attention fwd+bwd at E=128, S 8k..73k at
 least equal to the fastest SDPA backend.
 """
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=16, help="attention heads (head dim 128)")
     p.add_argument("--attn-tokens", type=int, default=131072,
                    help="batch = max(1, attn_tokens // seq): keeps work per row comparable")
-    p.add_argument("--ops", default="modnorm,gated,fused,posembed,attention,cross_attention",
+    p.add_argument("--ops", default="modnorm,gated,posembed,attention,cross_attention",
                    help="comma list of ops to run")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results"))
@@ -116,17 +116,6 @@ def memory_bound_cases(args, dtype):
                    {"triton": lambda: modulation.gated_residual(x, gate, h),
                     "eager": lambda: reference.gated_residual_reference(x, gate, h)},
                    [x, gate, h], {"fwd": io_f, "bwd": io_b, "fwd+bwd": io_f + io_b})
-        if "fused" in ops:
-            def fused_ref():
-                x_new = reference.gated_residual_reference(x, gate, h)
-                return x_new, reference.modulated_rms_norm_reference(x_new, w, scale, shift, 1e-6)
-            io_f = nbytes(x, gate, h, w, scale, shift) + nbytes(x, x)
-            # dy, d_x_new, x_new, h, gate, w, scale -> dx, dh, dgate, dw, dscale, dshift
-            io_b = nbytes(x, x, x, h, gate, w, scale) + nbytes(x, h, gate, w, scale, shift)
-            yield ("gated_residual_modulated_rms_norm", shape,
-                   {"triton": lambda: modulation.gated_residual_modulated_rms_norm(x, gate, h, w, scale, shift, 1e-6),
-                    "eager": fused_ref},
-                   [x, gate, h, w, scale, shift], {"fwd": io_f, "bwd": io_b, "fwd+bwd": io_f + io_b})
         if "posembed" in ops:
             # the 768px grid: 32 x 48 x 48 = 73,728 tokens (a prefix of it with --quick/--tokens)
             T, Hh, W = 32, 48, 48
@@ -269,12 +258,6 @@ def run_check(device: str = "cuda", dtypes=(torch.bfloat16, torch.float16), smal
         compare("gated_residual", dtype, modulation.gated_residual, reference.gated_residual_reference,
                 [r(B, S, D), r(B, D), r(B, S, D)])
 
-        def fused_ref(x, g, h, w, sc, sh):
-            x_new = reference.gated_residual_reference(x, g, h)
-            return x_new, reference.modulated_rms_norm_reference(x_new, w, sc, sh, 1e-6)
-        compare("gated_residual_modulated_rms_norm", dtype,
-                lambda *a: modulation.gated_residual_modulated_rms_norm(*a, 1e-6), fused_ref,
-                [r(B, S, D), r(B, D), r(B, S, D), r(D), r(B, D), r(B, D)])
         grid, offset = ((2, 4, 6), 5) if small else ((4, 16, 24), 333)
         compare(f"add_factorized_pos_embed (shard, offset {offset})", dtype,
                 lambda x, a, b, c: pos_embed.add_factorized_pos_embed(x, a, b, c, grid, offset),
@@ -323,7 +306,7 @@ def markdown(meta, rows) -> str:
 
 
 def summary(rows) -> list[str]:
-    """Issue-5 targets: % of copy bandwidth and speed-up over torch.compile for the
+    """Targets: % of copy bandwidth and speed-up over torch.compile for the
     memory-bound kernels; Triton vs the fastest SDPA backend for attention."""
     ok = [r for r in rows if "error" not in r]
     by = {(r["op"], r["shape"], r["impl"], r["pass"]): r for r in ok}
@@ -352,7 +335,7 @@ def summary(rows) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/kernels.py needs a CUDA GPU (the Triton kernels are only checked on CPU "
+        print("benchmarks/kernel_bench.py needs a CUDA GPU (the Triton kernels are only checked on CPU "
               "through TRITON_INTERPRET=1 by tests/test_kernels_*.py). Nothing to do here.", file=sys.stderr)
         return 2
     import triton
