@@ -5,6 +5,9 @@ flash attention vs every available SDPA backend; forward, backward, forward+back
     python benchmarks/kernel_bench.py --quick         # smaller shapes, a smoke run
     python benchmarks/kernel_bench.py --check         # bf16/fp16 correctness of every kernel vs the
                                                  # float64 reference (bf16 cannot be checked on CPU)
+    python benchmarks/kernel_bench.py --compile-only --arch sm_90a --output FILE.json
+        # no GPU needed: every kernel x every autotune config built to a cubin for sm_90a;
+        # registers, spill bytes and shared memory per config (kernels/compile_report.py)
 
 Units: GB/s for the memory-bound kernels (bytes = each input read once + each output
 written once, user-visible tensors only), next to the device-to-device copy bandwidth
@@ -36,6 +39,11 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--compile-only", action="store_true",
+                   help="build every kernel x autotune config for --arch without a GPU; write --output")
+    p.add_argument("--arch", default="sm_90a", help="target of --compile-only (sm_90a: H100/H200)")
+    p.add_argument("--output", default=None, help="JSON file of --compile-only (markdown beside it)")
+    p.add_argument("--subset", action="store_true", help="--compile-only: one config per kernel (fast)")
     p.add_argument("--check", action="store_true",
                    help="verify every Triton kernel against the float64 reference in bf16 and fp16, then exit")
     p.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
@@ -332,8 +340,52 @@ def summary(rows) -> list[str]:
     return out
 
 
+def run_compile_only(args) -> int:
+    """Needs TRITON_INTERPRET unset/0 (set before the kernel modules import triton)."""
+    import triton
+    from kernels import compile_report
+    rows, bad = [], 0
+    for case in compile_report.all_cases(subset=args.subset):
+        row = compile_report.compile_case(case, args.arch)
+        rows.append(row)
+        issues = compile_report.problems(row)
+        bad += bool(issues)
+        print(f"{'ok  ' if not issues else 'FAIL'} {row['kernel']:<42} {row['config']:<58} "
+              f"regs {row['registers']} spill {row['spill_bytes']} smem {row['shared_bytes']}"
+              + (f"  {'; '.join(issues)}" if issues else ""), flush=True)
+    meta = {"arch": args.arch, "triton": triton.__version__, "torch": torch.__version__,
+            "command": args.command, "triton_path": os.path.dirname(triton.__file__),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "max_shared_bytes": compile_report.MAX_SHARED_BYTES, "failing_rows": bad}
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        lines = [f"# Ahead-of-time build for {args.arch}: triton {meta['triton']}", "",
+                 f"- command: `{meta['command']}` ({meta['date']})",
+                 f"- {len(rows)} (kernel, config) rows, {bad} with a build error, spills or shared "
+                 f"memory over {compile_report.MAX_SHARED_BYTES} B", "",
+                 "| kernel | config | compiled | registers | spill bytes | shared bytes | error |",
+                 "|---|---|---|---:|---:|---:|---|"]
+        lines += [f"| {r['kernel']} | {r['config']} | {r['compiled']} | {r['registers']} | "
+                  f"{r['spill_bytes']} | {r['shared_bytes']} | {(r['error'] or '')[:120]} |" for r in rows]
+        with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"wrote {args.output}")
+    print(f"{len(rows)} rows, {bad} failing")
+    return 1 if bad else 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    pythonpath = os.environ.get("PYTHONPATH")
+    args.command = ((f"PYTHONPATH={pythonpath} " if pythonpath else "") + "python benchmarks/kernel_bench.py "
+                    + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    if args.compile_only:
+        if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+            print("--compile-only builds real cubins: unset TRITON_INTERPRET", file=sys.stderr)
+            return 2
+        return run_compile_only(args)
     if not torch.cuda.is_available():
         print("benchmarks/kernel_bench.py needs a CUDA GPU (the Triton kernels are only checked on CPU "
               "through TRITON_INTERPRET=1 by tests/test_kernels_*.py). Nothing to do here.", file=sys.stderr)
