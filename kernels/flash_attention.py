@@ -59,8 +59,8 @@ def _configs(kind: str) -> list[triton.Config]:
         extra = {"WARP_SPECIALIZE": False} if kind == "fwd_tma" else {}
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, **extra}, num_warps=1, num_stages=1)]
     if kind == "fwd":  # BLOCK_M queries per program, BLOCK_N keys per step
-        shapes = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 4), (64, 128, 4, 3),
-                  (64, 64, 4, 4), (128, 32, 4, 4)]
+        shapes = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 4), (64, 64, 4, 4),
+                  (128, 32, 4, 4)]
     elif kind == "dkdv":  # BLOCK_N keys per program, BLOCK_M queries per step
         shapes = [(64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 8, 2), (32, 128, 8, 2)]
     elif kind == "fwd_tma":
@@ -68,8 +68,7 @@ def _configs(kind: str) -> list[triton.Config]:
         return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "WARP_SPECIALIZE": False},
                               num_warps=w, num_stages=s) for m, n, w, s in shapes]
     else:  # dq: BLOCK_M queries per program, BLOCK_N keys per step
-        shapes = [(128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3),
-                  (64, 32, 4, 4)]
+        shapes = [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 4)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
             for m, n, w, s in shapes]
 
