@@ -5,9 +5,7 @@ auto | triton | torch). Importing this package never imports triton; the Triton 
 (``kernels.modulation``, ``kernels.pos_embed``, ``kernels.flash_attention``) load lazily.
 """
 from .dispatch import (BACKENDS, add_factorized_pos_embed, attention, gated_residual,
-                       gated_residual_modulated_rms_norm, modulated_rms_norm, resolve_backend,
-                       triton_available)
+                       modulated_rms_norm, resolve_backend, triton_available)
 
 __all__ = ["BACKENDS", "add_factorized_pos_embed", "attention", "gated_residual",
-           "gated_residual_modulated_rms_norm", "modulated_rms_norm", "resolve_backend",
-           "triton_available"]
+           "modulated_rms_norm", "resolve_backend", "triton_available"]

@@ -1,7 +1,10 @@
 """Route each fused op to its Triton kernel or its torch reference.
 
 The model setting ``kernels: auto | triton | torch`` is passed as ``backend``:
-  auto    Triton on CUDA tensors when triton imports, the torch reference elsewhere
+  auto    per op and shape class, the path measured fastest on this device
+          (kernels/choice.py); torch (SDPA for attention) wherever nothing was measured,
+          and torch on CPU. A kernel that fails to build or launch falls back to torch
+          with one warning.
   triton  always Triton (on CPU only under TRITON_INTERPRET=1, else a clear error)
   torch   always the torch reference (``kernels/reference.py``)
 
@@ -19,7 +22,7 @@ import importlib
 
 import torch
 
-from . import reference
+from . import choice, reference
 from ._utils import interpreting
 
 BACKENDS = ("auto", "triton", "torch")
@@ -36,14 +39,15 @@ def triton_available() -> bool:
 
 
 def resolve_backend(setting: str, device: torch.device | str) -> str:
-    """'triton' or 'torch' for this setting on this device (see the module docstring)."""
+    """'triton', 'torch', or (``auto`` on CUDA with triton installed) 'auto': the entry
+    points then choose per op and shape class at call time (see the module docstring)."""
     if setting not in BACKENDS:
         raise ValueError(f"kernels backend must be one of {BACKENDS}, got {setting!r}")
     device = torch.device(device)
     if setting == "torch":
         return "torch"
     if setting == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        return "auto" if device.type == "cuda" and triton_available() else "torch"
     if not triton_available():
         raise RuntimeError("kernels backend 'triton' was requested but triton is not installed "
                            "(pip install triton, or use 'auto'/'torch')")
@@ -54,6 +58,40 @@ def resolve_backend(setting: str, device: torch.device | str) -> str:
     return "triton"
 
 
+def _route(op: str, backend: str, tensors, kernel_fn, reference_fn, **klass_extra):
+    """Run ``kernel_fn`` or ``reference_fn`` (both without arguments) for this backend."""
+    resolved = resolve_backend(backend, tensors[0].device)
+    if resolved == "torch":
+        return reference_fn()
+    if resolved == "triton":
+        return kernel_fn()
+    klass = choice.shape_class(op, *tensors, **klass_extra)
+    timer = lambda: choice_timing(kernel_fn, reference_fn)  # noqa: E731
+    if choice.choose(op, klass, tensors[0].device, timer) == "torch":
+        return reference_fn()
+    return choice.run_with_fallback(op, klass, kernel_fn, reference_fn)
+
+
+def choice_timing(kernel_fn, reference_fn) -> dict:
+    """Median seconds of forward + backward of each path (CUDA events via triton.testing)."""
+    import triton.testing
+
+    def fwd_bwd(fn):
+        def run():
+            out = fn()
+            leaves = [t for t in _leaves_of(out)]
+            if leaves:
+                torch.autograd.backward(leaves, [torch.ones_like(t) for t in leaves])
+        return run
+    return {name: triton.testing.do_bench(fwd_bwd(fn), warmup=5, rep=20) / 1e3
+            for name, fn in (("triton", kernel_fn), ("torch", reference_fn))}
+
+
+def _leaves_of(out):
+    outs = out if isinstance(out, tuple) else (out,)
+    return [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
+
+
 def _triton(module: str):
     return importlib.import_module(f"kernels.{module}")
 
@@ -61,52 +99,48 @@ def _triton(module: str):
 def modulated_rms_norm(x_BSD, weight_D, scale_BD, shift_BD, eps: float = 1e-6,
                        backend: str = "auto"):
     """RMSNorm(x) * weight * (1 + scale) + shift (scale/shift [B, D], broadcast over S)."""
-    if resolve_backend(backend, x_BSD.device) == "triton":
-        return _triton("modulation").modulated_rms_norm(x_BSD, weight_D, scale_BD, shift_BD, eps)
-    return reference.modulated_rms_norm_reference(x_BSD, weight_D, scale_BD, shift_BD, eps)
+    return _route("modulated_rms_norm", backend, (x_BSD,),
+                  lambda: _triton("modulation").modulated_rms_norm(x_BSD, weight_D, scale_BD,
+                                                                   shift_BD, eps),
+                  lambda: reference.modulated_rms_norm_reference(x_BSD, weight_D, scale_BD,
+                                                                 shift_BD, eps))
 
 
 def gated_residual(x_BSD, gate_BD, h_BSD, backend: str = "auto"):
     """x + gate * h (gate [B, D], broadcast over S)."""
-    if resolve_backend(backend, x_BSD.device) == "triton":
-        return _triton("modulation").gated_residual(x_BSD, gate_BD, h_BSD)
-    return reference.gated_residual_reference(x_BSD, gate_BD, h_BSD)
-
-
-def gated_residual_modulated_rms_norm(x_BSD, gate_BD, h_BSD, weight_D, scale_BD, shift_BD,
-                                      eps: float = 1e-6, backend: str = "auto"):
-    """(x_new, y): x_new = x + gate * h; y = modulated_rms_norm(x_new, weight, scale, shift)."""
-    if resolve_backend(backend, x_BSD.device) == "triton":
-        return _triton("modulation").gated_residual_modulated_rms_norm(
-            x_BSD, gate_BD, h_BSD, weight_D, scale_BD, shift_BD, eps)
-    x_new = reference.gated_residual_reference(x_BSD, gate_BD, h_BSD)
-    return x_new, reference.modulated_rms_norm_reference(x_new, weight_D, scale_BD, shift_BD, eps)
+    return _route("gated_residual", backend, (x_BSD,),
+                  lambda: _triton("modulation").gated_residual(x_BSD, gate_BD, h_BSD),
+                  lambda: reference.gated_residual_reference(x_BSD, gate_BD, h_BSD))
 
 
 def add_factorized_pos_embed(x_BSD, pos_t_TD, pos_h_HD, pos_w_WD, grid_THW,
                              token_offset: int = 0, backend: str = "auto"):
     """x + pos_t[t] + pos_h[h] + pos_w[w] for tokens [token_offset, token_offset + S)."""
-    if resolve_backend(backend, x_BSD.device) == "triton":
-        return _triton("pos_embed").add_factorized_pos_embed(x_BSD, pos_t_TD, pos_h_HD, pos_w_WD,
-                                                             grid_THW, token_offset)
-    return reference.add_factorized_pos_embed_reference(x_BSD, pos_t_TD, pos_h_HD, pos_w_WD,
-                                                        grid_THW, token_offset)
+    return _route("add_factorized_pos_embed", backend, (x_BSD,),
+                  lambda: _triton("pos_embed").add_factorized_pos_embed(
+                      x_BSD, pos_t_TD, pos_h_HD, pos_w_WD, grid_THW, token_offset),
+                  lambda: reference.add_factorized_pos_embed_reference(
+                      x_BSD, pos_t_TD, pos_h_HD, pos_w_WD, grid_THW, token_offset))
 
 
 def attention(q_BHSE, k_BHLE, v_BHLE, key_padding_mask_BL=None, backend: str = "auto"):
     """Non-causal attention; mask True = real key; a query with no real key gives zeros.
 
-    Under ``auto``, shapes/dtypes the kernel does not take (e.g. head dim 96, float64) fall
-    back to the torch reference; under ``triton`` they raise.
+    Under ``auto``, shapes/dtypes the kernel does not take (e.g. head dim 96, float64) use
+    the torch reference; under ``triton`` they raise.
     """
-    if resolve_backend(backend, q_BHSE.device) == "triton":
-        fa = _triton("flash_attention")
-        if backend == "triton":
-            return fa.flash_attention(q_BHSE, k_BHLE, v_BHLE, key_padding_mask_BL)
+    def reference_fn():
+        return reference.attention_reference(q_BHSE, k_BHLE, v_BHLE, key_padding_mask_BL)
+
+    def kernel_fn():
+        return _triton("flash_attention").flash_attention(q_BHSE, k_BHLE, v_BHLE,
+                                                          key_padding_mask_BL)
+
+    if backend == "auto" and resolve_backend(backend, q_BHSE.device) == "auto":
         try:
-            fa.check_attention_inputs(q_BHSE, k_BHLE, v_BHLE, key_padding_mask_BL)
+            _triton("flash_attention").check_attention_inputs(q_BHSE, k_BHLE, v_BHLE,
+                                                              key_padding_mask_BL)
         except (ValueError, TypeError):
-            pass
-        else:
-            return fa.flash_attention(q_BHSE, k_BHLE, v_BHLE, key_padding_mask_BL)
-    return reference.attention_reference(q_BHSE, k_BHLE, v_BHLE, key_padding_mask_BL)
+            return reference_fn()
+    return _route("attention", backend, (q_BHSE, k_BHLE), kernel_fn, reference_fn,
+                  masked=key_padding_mask_BL is not None)

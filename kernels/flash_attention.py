@@ -23,11 +23,12 @@ through the key mask, so all its gradients are exactly zero (no NaN), like
 Block sizes are autotuned per (power-of-two bucket of S and L, E, mask) on the GPU; under TRITON_INTERPRET=1 one small
 config is used. On sm90+ (Hopper) the forward loads Q/K/V through TMA tensor descriptors
 (``_attn_fwd_tma_kernel``; MOVIEGEN_ATTN_TMA=0 turns it off, =1 forces it, e.g. in the
-interpreter); if that kernel fails to build it falls back, with a warning, to the plain
-pointer kernel, which Triton software-pipelines (num_stages). MOVIEGEN_ATTN_WS=1 adds
-warp-specialised configs to its autotuning. The backward kernels use pointer loads.
+interpreter); a config that fails to build is dropped from the tuning on its own
+(kernels/autotune.py), and if the TMA kernel cannot run at all for one (dtype, head dim,
+mask) class, that class uses the plain pointer kernel (which Triton software-pipelines,
+num_stages), with one warning. The backward kernels use pointer loads.
 
-Layering (style.md item 8): kernels -> launchers (registered as torch.library custom ops,
+Layering (as in Liger-Kernel): kernels -> launchers (registered as torch.library custom ops,
 opaque to torch.compile) -> autograd.Function -> functional API and the ``FlashAttention``
 module.
 """
@@ -43,34 +44,31 @@ import triton
 import triton.language as tl
 
 from ._utils import check_device, check_same_device, interpreting, next_power_of_2
+from .autotune import autotune
 
 LOG2E = 1.4426950408889634
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
 
 def _configs(kind: str) -> list[triton.Config]:
+    """Every config here builds for sm_90a without register spills and within 227 KiB of
+    shared memory at head dims 64 and 128 (``benchmarks/kernel_bench.py --compile-only``;
+    reports in benchmarks/results/). Warp-specialised loops are not offered: Triton 3.6 and
+    3.9 both fail to build them for this kernel on sm_90."""
     if interpreting():
         extra = {"WARP_SPECIALIZE": False} if kind == "fwd_tma" else {}
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, **extra}, num_warps=1, num_stages=1)]
     if kind == "fwd":  # BLOCK_M queries per program, BLOCK_N keys per step
-        shapes = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 64, 8, 4),
-                  (64, 128, 4, 3), (64, 64, 4, 4), (128, 32, 4, 4)]
+        shapes = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 4), (64, 64, 4, 4),
+                  (128, 32, 4, 4)]
     elif kind == "dkdv":  # BLOCK_N keys per program, BLOCK_M queries per step
-        shapes = [(32, 128, 4, 3), (64, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3),
-                  (64, 64, 4, 3), (16, 128, 4, 4)]
+        shapes = [(64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 8, 2), (32, 128, 8, 2)]
     elif kind == "fwd_tma":
-        shapes = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3),
-                  (64, 128, 4, 3)]
-        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "WARP_SPECIALIZE": False},
-                                 num_warps=w, num_stages=s) for m, n, w, s in shapes]
-        if os.environ.get("MOVIEGEN_ATTN_WS", "0") == "1":  # opt-in: warp-specialised loop
-            configs += [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "WARP_SPECIALIZE": True},
-                                      num_warps=4, num_stages=s)
-                        for m, n, s in [(128, 128, 2), (128, 64, 3)]]
-        return configs
+        shapes = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (64, 128, 4, 3)]
+        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "WARP_SPECIALIZE": False},
+                              num_warps=w, num_stages=s) for m, n, w, s in shapes]
     else:  # dq: BLOCK_M queries per program, BLOCK_N keys per step
-        shapes = [(128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3),
-                  (64, 32, 4, 4), (128, 128, 8, 2)]
+        shapes = [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 4)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
             for m, n, w, s in shapes]
 
@@ -132,7 +130,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kn, stri
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=_configs("fwd"), key=_TUNE_KEY)
+@autotune(configs=_configs("fwd"), key=_TUNE_KEY)
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, Mask, Out, Lse, qk_scale,
@@ -201,7 +199,7 @@ def _attn_fwd_inner_tma(acc, l_i, m_i, q, desc_k, desc_v, b, h, mask_base,
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=_configs("fwd_tma"), key=_TUNE_KEY)
+@autotune(configs=_configs("fwd_tma"), key=_TUNE_KEY)
 @triton.jit
 def _attn_fwd_tma_kernel(
     Q, K, V, Mask, Out, Lse, qk_scale,
@@ -287,7 +285,7 @@ def _load_lse_log2(Lse, row, mask_m):
     return tl.load(Lse + row, mask=mask_m, other=float("inf")) * 1.4426950408889634
 
 
-@triton.autotune(configs=_configs("dkdv"), key=_TUNE_KEY)
+@autotune(configs=_configs("dkdv"), key=_TUNE_KEY)
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, Mask, DO, Lse, Delta, DK, DV, qk_scale, sm_scale,
@@ -339,7 +337,7 @@ def _attn_bwd_dkdv_kernel(
              dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
 
 
-@triton.autotune(configs=_configs("dq"), key=_TUNE_KEY)
+@autotune(configs=_configs("dq"), key=_TUNE_KEY)
 @triton.jit
 def _attn_bwd_dq_kernel(
     Q, K, V, Mask, DO, Lse, Delta, DQ, qk_scale, sm_scale,
@@ -425,7 +423,7 @@ def check_attention_inputs(q_BHSE, k_BHLE, v_BHLE, key_padding_mask_BL=None) -> 
     check_device(q_BHSE)
 
 
-_TMA_BROKEN = False
+_TMA_FAILED: set[tuple] = set()  # (dtype, head dim, masked) classes the TMA kernel failed on
 _TMA_ALLOCATOR_SET = False
 
 
@@ -434,7 +432,7 @@ def _use_tma(*tensors: torch.Tensor) -> bool:
     disables it; by default it runs on sm90+ when this Triton has device-side tensor
     descriptors. TMA needs 16-byte aligned base addresses and strides."""
     setting = os.environ.get("MOVIEGEN_ATTN_TMA", "auto")
-    if setting == "0" or _TMA_BROKEN or not hasattr(tl, "make_tensor_descriptor"):
+    if setting == "0" or not hasattr(tl, "make_tensor_descriptor"):
         return False
     if setting != "1":
         if interpreting() or tensors[0].device.type != "cuda":
@@ -443,7 +441,8 @@ def _use_tma(*tensors: torch.Tensor) -> bool:
             return False
     for t in tensors:
         size = t.element_size()
-        if t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
+        # a broadcast (stride 0) dimension cannot be described to the TMA unit
+        if t.data_ptr() % 16 or any(st == 0 or (st * size) % 16 for st in t.stride()[:-1]):
             return False
     return True
 
@@ -476,16 +475,16 @@ def flash_attention_fwd(q, k, v, key_padding_mask=None, softmax_scale=None):
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2))
     flags = dict(HEAD_DIM=E, HAS_MASK=mask is not None, INPUT_PRECISION=_precision(q.dtype))
-    if _use_tma(q, k, v, out):
+    tma_class = (q.dtype, E, mask is not None)
+    if tma_class not in _TMA_FAILED and _use_tma(q, k, v, out):
         try:
             _ensure_tma_allocator()
             _attn_fwd_tma_kernel[grid](*args, B, H, S, L, *_tune_lengths(S, L), **flags)
             return out, lse
-        except Exception as e:  # an unsupported Triton/driver: fall back for good, loudly
-            global _TMA_BROKEN
-            _TMA_BROKEN = True
-            warnings.warn(f"flash_attention: TMA forward failed ({type(e).__name__}: {e}); "
-                          "using the pointer kernel from now on")
+        except Exception as e:  # noqa: BLE001: every TMA config failed for this class
+            _TMA_FAILED.add(tma_class)
+            warnings.warn(f"flash_attention: TMA forward failed for {tma_class} "
+                          f"({type(e).__name__}: {e}); that class uses the pointer kernel")
     _attn_fwd_kernel[grid](*args, H, S, L, *_tune_lengths(S, L), **flags)
     return out, lse
 

@@ -1,16 +1,22 @@
-"""Fused adaLN modulation: modulated RMSNorm, gated residual, and the two fused together.
+"""Fused adaLN modulation: modulated RMSNorm and gated residual.
 
     modulated_rms_norm(x, w, scale, shift)  y = RMSNorm(x) * w * (1 + scale) + shift
     gated_residual(x, gate, h)              x + gate * h
-    gated_residual_modulated_rms_norm(...)  x_new = x + gate * h;  y = modulated_rms_norm(x_new)
+
+(A residual fused into the next norm would save one pass, but a Movie Gen block adds the
+position embedding between them, so the model could never call it.)
 
 Shapes (legend): B batch, S tokens (a sequence shard is fine: these ops are per token),
 D model width. x_BSD, h_BSD are [B, S, D]; gate_BD, scale_BD, shift_BD are one vector per
 sample, broadcast over the S tokens; weight_D is the norm weight or None.
 
-Layering (style.md item 8): ``@triton.jit`` kernels -> launchers (checks, grid, launch),
+Layering (as in Liger-Kernel): ``@triton.jit`` kernels -> launchers (checks, grid, launch),
 registered as ``torch.library`` custom ops so torch.compile treats them as opaque nodes
--> ``torch.autograd.Function`` -> functional API / ``ModulatedRMSNorm`` module.
+-> ``torch.autograd.Function`` -> functional API (the model's modules call it through
+``kernels.dispatch``).
+
+Layouts: operands may have any strides; the launchers make them dense (a no-op when they
+already are) because the kernels index rows as ``row * D``.
 
 Numerics: every kernel loads in the storage dtype and computes in fp32. Output dtypes
 follow the torch reference's type promotion (e.g. bf16 x with fp32 scale gives fp32 y).
@@ -34,10 +40,9 @@ from ._utils import (check_device, check_float, check_same_device, check_shape, 
 
 @triton.jit
 def _modulated_rms_norm_fwd_kernel(
-    x_ptr, gate_ptr, h_ptr, x_new_ptr,  # residual inputs (used only when FUSED_RESIDUAL)
-    w_ptr, scale_ptr, shift_ptr, y_ptr, rstd_ptr,
+    x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr, rstd_ptr,
     S, D, eps,
-    FUSED_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program: BLOCK_S tokens x all D of one sample. Rows of D live in one tile."""
@@ -51,13 +56,6 @@ def _modulated_rms_norm_fwd_kernel(
     offs = rows[:, None] * D + offs_d[None, :]
 
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if FUSED_RESIDUAL:
-        gate = tl.load(gate_ptr + b * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        h = tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        x_new = (x + gate[None, :] * h).to(x_new_ptr.dtype.element_ty)
-        tl.store(x_new_ptr + offs, x_new, mask=mask)
-        x = x_new.to(tl.float32)  # normalise exactly the rounded value that was stored
-
     rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / D + eps)
     n = x * rstd[:, None]
     if HAS_WEIGHT:
@@ -72,11 +70,9 @@ def _modulated_rms_norm_fwd_kernel(
 
 @triton.jit
 def _modulated_rms_norm_bwd_kernel(
-    dy_ptr, x_ptr, w_ptr, scale_ptr, rstd_ptr, dx_ptr,
-    d_res_ptr, gate_ptr, h_ptr, dh_ptr,  # residual terms (used only when FUSED_RESIDUAL)
-    dyn_part_ptr, dy_part_ptr, d_gate_part_ptr,
+    dy_ptr, x_ptr, w_ptr, scale_ptr, rstd_ptr, dx_ptr, dyn_part_ptr, dy_part_ptr,
     S, D, rows_per_program,
-    FUSED_RESIDUAL: tl.constexpr, HAS_D_RES: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program: a fixed range of rows of one sample; per-program partial reductions.
@@ -88,8 +84,6 @@ def _modulated_rms_norm_bwd_kernel(
     so two row-long accumulators (A, d_shift) serve all three parameter gradients; the
     [B, D] epilogue runs in torch. Few live row vectors matter: a D = 6144 row is padded
     to 8192 lanes and every vector held across the loop costs registers.
-    Fused residual (x is x_new = x_old + gate * h): g = dx + d_res flows to x_old,
-      dh = g * gate, d_gate = sum_s g * h.
     """
     pid = tl.program_id(0)
     b = tl.program_id(1)
@@ -97,14 +91,8 @@ def _modulated_rms_norm_bwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
 
-    coef = 1.0 + tl.load(scale_ptr + b * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_WEIGHT:
-        coef = coef * tl.load(w_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if FUSED_RESIDUAL:
-        gate = tl.load(gate_ptr + b * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     acc_dyn = tl.zeros((BLOCK_D,), dtype=tl.float32)
     acc_dy = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    acc_gate = tl.zeros((BLOCK_D,), dtype=tl.float32)
 
     s_start = pid * rows_per_program
     s_end = tl.minimum(s_start + rows_per_program, S)
@@ -120,23 +108,19 @@ def _modulated_rms_norm_bwd_kernel(
         n = x * rstd[:, None]
         acc_dy += tl.sum(dy, axis=0)
         acc_dyn += tl.sum(dy * n, axis=0)
+        # (1 + scale) * w is reloaded each step (L1-resident) rather than held: one row
+        # vector fewer live across the loop keeps a D = 6144 row free of register spills
+        coef = 1.0 + tl.load(scale_ptr + b * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_WEIGHT:
+            coef = coef * tl.load(w_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         dn = dy * coef[None, :]
         c = tl.sum(dn * n, axis=1) / D
         dx = (dn - n * c[:, None]) * rstd[:, None]
-
-        if FUSED_RESIDUAL:
-            if HAS_D_RES:
-                dx += tl.load(d_res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            h = tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            acc_gate += tl.sum(dx * h, axis=0)
-            tl.store(dh_ptr + offs, (dx * gate[None, :]).to(dh_ptr.dtype.element_ty), mask=mask)
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
     part = (b * num_programs + pid) * D + offs_d
     tl.store(dyn_part_ptr + part, acc_dyn, mask=mask_d)
     tl.store(dy_part_ptr + part, acc_dy, mask=mask_d)
-    if FUSED_RESIDUAL:
-        tl.store(d_gate_part_ptr + part, acc_gate, mask=mask_d)
 
 
 @triton.jit
@@ -190,9 +174,9 @@ def _row_tiling(D: int) -> tuple[int, int, int]:
 
 
 def _backward_warps(tile_elements: int, forward_warps: int) -> int:
-    """The backward holds ~8 row vectors live across its loop: give a long row more threads
-    (8192 lanes over 16 warps = 16 fp32 registers per vector per thread)."""
-    return max(forward_warps, min(16, tile_elements // 512))
+    """The backward holds ~6 row vectors live across its loop: give a long row more threads
+    (8192 lanes over 32 warps = 8 fp32 registers per vector per thread; 16 warps spill)."""
+    return max(forward_warps, min(32, tile_elements // 256))
 
 
 def _reduction_split(S: int, B: int, block_s: int, device: torch.device) -> tuple[int, int]:
@@ -220,67 +204,45 @@ def _check_inputs(x_BSD: torch.Tensor, per_sample: dict, weight_D, h_BSD=None) -
     check_device(x_BSD)
 
 
-def modulated_rms_norm_fwd(x_BSD, weight_D, scale_BD, shift_BD, eps, gate_BD=None, h_BSD=None):
-    """Launch the forward. Returns (y, rstd_BS, x_new or None)."""
-    fused = gate_BD is not None
-    _check_inputs(x_BSD, {"scale": scale_BD, "shift": shift_BD,
-                          **({"gate": gate_BD} if fused else {})}, weight_D, h_BSD)
+def modulated_rms_norm_fwd(x_BSD, weight_D, scale_BD, shift_BD, eps):
+    """Launch the forward. Returns (y, rstd_BS)."""
+    _check_inputs(x_BSD, {"scale": scale_BD, "shift": shift_BD}, weight_D)
     B, S, D = x_BSD.shape
-    x_BSD = x_BSD.contiguous()
-    if fused:
-        h_BSD = h_BSD.contiguous()
-        x_new = torch.empty(x_BSD.shape, device=x_BSD.device,
-                            dtype=torch.promote_types(torch.promote_types(x_BSD.dtype, gate_BD.dtype),
-                                                      h_BSD.dtype))
-        gate_BD = gate_BD.contiguous()
-    else:
-        x_new = None
-    x_dtype = x_new.dtype if fused else x_BSD.dtype
-    y_dtype = torch.promote_types(torch.promote_types(x_dtype, scale_BD.dtype), shift_BD.dtype)
+    y_dtype = torch.promote_types(torch.promote_types(x_BSD.dtype, scale_BD.dtype), shift_BD.dtype)
     y = torch.empty(x_BSD.shape, device=x_BSD.device, dtype=y_dtype)
     rstd = torch.empty((B, S), device=x_BSD.device, dtype=torch.float32)
     if y.numel() == 0:
-        return y, rstd, x_new
+        return y, rstd
     block_s, block_d, num_warps = _row_tiling(D)
     _modulated_rms_norm_fwd_kernel[(triton.cdiv(S, block_s), B)](
-        x_BSD, gate_BD, h_BSD, x_new,
-        weight_D.contiguous() if weight_D is not None else None,
+        x_BSD.contiguous(), weight_D.contiguous() if weight_D is not None else None,
         scale_BD.contiguous(), shift_BD.contiguous(), y, rstd, S, D, float(eps),
-        FUSED_RESIDUAL=fused, HAS_WEIGHT=weight_D is not None,
-        BLOCK_S=block_s, BLOCK_D=block_d, num_warps=num_warps)
-    return y, rstd, x_new
+        HAS_WEIGHT=weight_D is not None, BLOCK_S=block_s, BLOCK_D=block_d, num_warps=num_warps)
+    return y, rstd
 
 
-def modulated_rms_norm_bwd(dy, x_BSD, weight_D, scale_BD, rstd_BS, d_res=None, gate_BD=None,
-                           h_BSD=None):
-    """Launch the backward. Returns (dx, d_weight, d_scale, d_shift, dh, d_gate), fp32 reductions.
-
-    With the fused residual, x_BSD is x_new and dx is the gradient flowing to x_old
-    (it includes d_res, the gradient arriving at x_new from the residual stream).
-    """
-    fused = gate_BD is not None
+def modulated_rms_norm_bwd(dy, x_BSD, weight_D, scale_BD, rstd_BS):
+    """Launch the backward. Returns (dx, d_weight or None, d_scale, d_shift), fp32 reductions."""
     B, S, D = x_BSD.shape
-    dy = dy.contiguous()
+    # the kernel indexes every operand as dense rows (a weight sliced from a larger
+    # parameter or a gradient of any layout arrives here): make them so, no-op when already
+    dy, x_BSD, scale_BD, rstd_BS = (t.contiguous() for t in (dy, x_BSD, scale_BD, rstd_BS))
+    weight_D = weight_D.contiguous() if weight_D is not None else None
     dx = torch.empty(x_BSD.shape, device=x_BSD.device, dtype=x_BSD.dtype)
-    dh = torch.empty_like(h_BSD, memory_format=torch.contiguous_format) if fused else None
     block_s, block_d, num_warps = _row_tiling(D)
     num_warps = _backward_warps(block_s * block_d, num_warps)
     per_sample, rows = _reduction_split(S, B, block_s, x_BSD.device)
-    part = lambda: torch.zeros((B, per_sample, D), device=x_BSD.device, dtype=torch.float32)  # noqa: E731
-    dyn_p, dy_p = part(), part()
-    d_gate_p = part() if fused else None
+    dyn_p = torch.zeros((B, per_sample, D), device=x_BSD.device, dtype=torch.float32)
+    dy_p = torch.zeros_like(dyn_p)
     if S > 0:
         _modulated_rms_norm_bwd_kernel[(per_sample, B)](
-            dy, x_BSD, weight_D, scale_BD, rstd_BS, dx,
-            d_res.contiguous() if d_res is not None else None, gate_BD, h_BSD, dh,
-            dyn_p, dy_p, d_gate_p, S, D, rows,
-            FUSED_RESIDUAL=fused, HAS_D_RES=d_res is not None, HAS_WEIGHT=weight_D is not None,
-            BLOCK_S=block_s, BLOCK_D=block_d, num_warps=num_warps)
+            dy, x_BSD, weight_D, scale_BD, rstd_BS, dx, dyn_p, dy_p, S, D, rows,
+            HAS_WEIGHT=weight_D is not None, BLOCK_S=block_s, BLOCK_D=block_d,
+            num_warps=num_warps)
     dyn_BD = dyn_p.sum(1)  # sum_s dy * rstd * x
     d_scale = dyn_BD * weight_D.float() if weight_D is not None else dyn_BD
     d_w = (dyn_BD * (1.0 + scale_BD.float())).sum(0) if weight_D is not None else None
-    d_gate = d_gate_p.sum(1) if fused else None
-    return dx, d_w, d_scale, dy_p.sum(1), dh, d_gate
+    return dx, d_w, d_scale, dy_p.sum(1)
 
 
 def gated_residual_fwd(x_BSD, gate_BD, h_BSD):
@@ -299,6 +261,7 @@ def gated_residual_fwd(x_BSD, gate_BD, h_BSD):
 def gated_residual_bwd(d_out, gate_BD, h_BSD):
     """Returns (dh, d_gate fp32). dx is d_out itself."""
     B, S, D = h_BSD.shape
+    d_out, gate_BD, h_BSD = d_out.contiguous(), gate_BD.contiguous(), h_BSD.contiguous()
     dh = torch.empty(h_BSD.shape, device=h_BSD.device, dtype=h_BSD.dtype)
     block_s, block_d, num_warps = _row_tiling(D)
     num_warps = _backward_warps(block_s * block_d, num_warps)
@@ -306,7 +269,7 @@ def gated_residual_bwd(d_out, gate_BD, h_BSD):
     d_gate_p = torch.zeros((B, per_sample, D), device=h_BSD.device, dtype=torch.float32)
     if S > 0:
         _gated_residual_bwd_kernel[(per_sample, B)](
-            d_out.contiguous(), gate_BD, h_BSD, dh, d_gate_p, S, D, rows,
+            d_out, gate_BD, h_BSD, dh, d_gate_p, S, D, rows,
             BLOCK_S=block_s, BLOCK_D=block_d, num_warps=num_warps)
     return dh, d_gate_p.sum(1)
 
@@ -323,39 +286,29 @@ def _empty(like: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("moviegen_kernels::modulated_rms_norm_fwd", mutates_args=())
 def _modulated_rms_norm_fwd_op(x: torch.Tensor, weight: Optional[torch.Tensor], scale: torch.Tensor,
-                               shift: torch.Tensor, eps: float, gate: Optional[torch.Tensor],
-                               h: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    y, rstd, x_new = modulated_rms_norm_fwd(x, weight, scale, shift, eps, gate, h)
-    return y, rstd, x_new if x_new is not None else _empty(x)
+                               shift: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return modulated_rms_norm_fwd(x, weight, scale, shift, eps)
 
 
 @_modulated_rms_norm_fwd_op.register_fake
-def _(x, weight, scale, shift, eps, gate, h):
-    x_dtype = x.dtype
-    if gate is not None:
-        x_dtype = torch.promote_types(torch.promote_types(x.dtype, gate.dtype), h.dtype)
-    y_dtype = torch.promote_types(torch.promote_types(x_dtype, scale.dtype), shift.dtype)
-    x_new = x.new_empty(x.shape, dtype=x_dtype) if gate is not None else _empty(x)
-    return (x.new_empty(x.shape, dtype=y_dtype), x.new_empty(x.shape[:2], dtype=torch.float32), x_new)
+def _(x, weight, scale, shift, eps):
+    y_dtype = torch.promote_types(torch.promote_types(x.dtype, scale.dtype), shift.dtype)
+    return x.new_empty(x.shape, dtype=y_dtype), x.new_empty(x.shape[:2], dtype=torch.float32)
 
 
 @torch.library.custom_op("moviegen_kernels::modulated_rms_norm_bwd", mutates_args=())
 def _modulated_rms_norm_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
-                               scale: torch.Tensor, rstd: torch.Tensor, d_res: Optional[torch.Tensor],
-                               gate: Optional[torch.Tensor], h: Optional[torch.Tensor]
-                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                          torch.Tensor, torch.Tensor]:
-    outs = modulated_rms_norm_bwd(dy, x, weight, scale, rstd, d_res, gate, h)
-    return tuple(o if o is not None else _empty(x) for o in outs)
+                               scale: torch.Tensor, rstd: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, d_w, d_scale, d_shift = modulated_rms_norm_bwd(dy, x, weight, scale, rstd)
+    return dx, d_w if d_w is not None else _empty(x), d_scale, d_shift
 
 
 @_modulated_rms_norm_bwd_op.register_fake
-def _(dy, x, weight, scale, rstd, d_res, gate, h):
+def _(dy, x, weight, scale, rstd):
     B, S, D = x.shape
     f32 = lambda *shape: x.new_empty(shape, dtype=torch.float32)  # noqa: E731
-    return (x.new_empty(x.shape), f32(D) if weight is not None else _empty(x), f32(B, D), f32(B, D),
-            h.new_empty(h.shape) if gate is not None else _empty(x),
-            f32(B, D) if gate is not None else _empty(x))
+    return (x.new_empty(x.shape), f32(D) if weight is not None else _empty(x), f32(B, D), f32(B, D))
 
 
 @torch.library.custom_op("moviegen_kernels::gated_residual_fwd", mutates_args=())
@@ -384,16 +337,15 @@ def _(d_out, gate, h):
 class ModulatedRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_BSD, weight_D, scale_BD, shift_BD, eps):
-        y, rstd, _ = _modulated_rms_norm_fwd_op(x_BSD, weight_D, scale_BD, shift_BD, eps, None, None)
-        ctx.save_for_backward(x_BSD.contiguous(), weight_D, scale_BD.contiguous(), rstd)
+        y, rstd = _modulated_rms_norm_fwd_op(x_BSD, weight_D, scale_BD, shift_BD, eps)
+        ctx.save_for_backward(x_BSD, weight_D, scale_BD, rstd)
         ctx.shift_dtype = shift_BD.dtype
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, scale, rstd = ctx.saved_tensors
-        dx, d_w, d_scale, d_shift, _, _ = _modulated_rms_norm_bwd_op(dy, x, weight, scale, rstd,
-                                                                     None, None, None)
+        dx, d_w, d_scale, d_shift = _modulated_rms_norm_bwd_op(dy, x, weight, scale, rstd)
         return (dx, d_w.to(weight.dtype) if weight is not None else None,
                 d_scale.to(scale.dtype), d_shift.to(ctx.shift_dtype), None)
 
@@ -402,7 +354,7 @@ class GatedResidualFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_BSD, gate_BD, h_BSD):
         out = _gated_residual_fwd_op(x_BSD, gate_BD, h_BSD)
-        ctx.save_for_backward(gate_BD.contiguous(), h_BSD.contiguous())
+        ctx.save_for_backward(gate_BD, h_BSD)
         ctx.x_dtype = x_BSD.dtype
         return out
 
@@ -411,31 +363,6 @@ class GatedResidualFunction(torch.autograd.Function):
         gate, h = ctx.saved_tensors
         dh, d_gate = _gated_residual_bwd_op(d_out, gate, h)
         return d_out.to(ctx.x_dtype), d_gate.to(gate.dtype), dh
-
-
-class GatedResidualModulatedRMSNormFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x_BSD, gate_BD, h_BSD, weight_D, scale_BD, shift_BD, eps):
-        y, rstd, x_new = _modulated_rms_norm_fwd_op(x_BSD, weight_D, scale_BD, shift_BD, eps,
-                                                    gate_BD, h_BSD)
-        ctx.save_for_backward(x_new, gate_BD.contiguous(), h_BSD.contiguous(), weight_D,
-                              scale_BD.contiguous(), rstd)
-        ctx.dtypes = (x_BSD.dtype, shift_BD.dtype)
-        ctx.set_materialize_grads(False)
-        return x_new, y
-
-    @staticmethod
-    def backward(ctx, d_x_new, dy):
-        x_new, gate, h, weight, scale, rstd = ctx.saved_tensors
-        x_dtype, shift_dtype = ctx.dtypes
-        if dy is None:  # only the residual stream was used: plain gated-residual backward
-            dh, d_gate = _gated_residual_bwd_op(d_x_new, gate, h)
-            return (d_x_new.to(x_dtype), d_gate.to(gate.dtype), dh, None, None, None, None)
-        dx, d_w, d_scale, d_shift, dh, d_gate = _modulated_rms_norm_bwd_op(
-            dy, x_new, weight, scale, rstd, d_x_new, gate, h)
-        return (dx.to(x_dtype), d_gate.to(gate.dtype), dh,
-                d_w.to(weight.dtype) if weight is not None else None,
-                d_scale.to(scale.dtype), d_shift.to(shift_dtype), None)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -448,28 +375,3 @@ def modulated_rms_norm(x_BSD, weight_D, scale_BD, shift_BD, eps: float = 1e-6):
 def gated_residual(x_BSD, gate_BD, h_BSD):
     """x + gate * h; gate [B, D] broadcast over S."""
     return GatedResidualFunction.apply(x_BSD, gate_BD, h_BSD)
-
-
-def gated_residual_modulated_rms_norm(x_BSD, gate_BD, h_BSD, weight_D, scale_BD, shift_BD,
-                                      eps: float = 1e-6):
-    """(x_new, y): x_new = x + gate * h, y = modulated_rms_norm(x_new, ...), in one pass."""
-    return GatedResidualModulatedRMSNormFunction.apply(x_BSD, gate_BD, h_BSD, weight_D,
-                                                      scale_BD, shift_BD, eps)
-
-
-class ModulatedRMSNorm(torch.nn.Module):
-    """RMSNorm with an optional learnable weight, modulated by per-sample scale and shift."""
-
-    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True,
-                 device=None, dtype=None):
-        super().__init__()
-        self.eps = eps
-        self.weight = (torch.nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
-                       if elementwise_affine else None)
-
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            torch.nn.init.ones_(self.weight)
-
-    def forward(self, x_BSD, scale_BD, shift_BD):
-        return modulated_rms_norm(x_BSD, self.weight, scale_BD, shift_BD, self.eps)

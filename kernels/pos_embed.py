@@ -18,7 +18,7 @@ accumulator, and writes the line's sum over w (the line's share of d_pos_t[t] an
 d_pos_h[h]). The per-program d_pos_w partials and the per-line sums (W times smaller than
 d_out) are reduced with torch, so the result is deterministic.
 
-Layering (style.md item 8): kernels -> launchers (registered as torch.library custom ops,
+Layering (as in Liger-Kernel): kernels -> launchers (registered as torch.library custom ops,
 opaque to torch.compile) -> autograd.Function -> functional API.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""benchmarks/kernels.py: argument parsing, the CPU exit, and the --check harness (run in
+"""benchmarks/kernel_bench.py: argument parsing, the CPU exit, and the --check harness (run in
 the interpreter at tiny shapes, fp16, so the GPU check itself is known to work)."""
 import os
 
@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_kernels", os.path.join(ROOT, "benchmarks", "kernels.py"))
+    spec = importlib.util.spec_from_file_location("bench_kernels", os.path.join(ROOT, "benchmarks", "kernel_bench.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -44,8 +44,8 @@ def test_report_names_device_versions_and_targets():
              for impl, t in (("triton", 400.0), ("sdpa_flash", 500.0))]
     rows.append({"op": "self_attention", "shape": "a", "impl": "sdpa_cudnn", "error": "RuntimeError: no"})
     meta = {"device": "NVIDIA H100", "torch": "2.11", "triton": "3.6", "dtype": "bf16", "date": "today",
-            "command": "python benchmarks/kernels.py", "copy_GB/s": 3000.0}
+            "command": "python benchmarks/kernel_bench.py", "copy_GB/s": 3000.0}
     text = bench.markdown(meta, rows)
-    for needle in ("NVIDIA H100", "torch 2.11", "triton 3.6", "`python benchmarks/kernels.py`", "3000 GB/s",
+    for needle in ("NVIDIA H100", "torch 2.11", "triton 3.6", "`python benchmarks/kernel_bench.py`", "3000 GB/s",
                    "90.0% of copy BW", "2.00x", "sdpa_flash 500 TFLOP/s", "0.80x", "error: RuntimeError"):
         assert needle in text, needle

@@ -1,10 +1,12 @@
 """Triton flash attention (kernels/flash_attention.py) against the torch reference in
-float64, on CPU through the Triton interpreter (fp32, fp16; bf16 is checked on a GPU by
-``python benchmarks/kernels.py --check``)."""
+float64: outputs, LSE and every gradient. With CUDA: compiled kernels in bf16/fp16/fp32;
+without: the Triton interpreter on CPU in fp32/fp16 (kernels/testing.py says why)."""
 import math
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (kernels are decorated at import)
+from kernels.testing import select_triton_mode
+
+select_triton_mode()  # before triton is imported (kernels are decorated at import)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -14,13 +16,15 @@ pytest.importorskip("triton", reason="triton is not installed; the torch path is
 from kernels import reference  # noqa: E402
 import kernels.flash_attention as fa  # noqa: E402
 from kernels.flash_attention import FlashAttention, flash_attention  # noqa: E402
+from kernels.testing import (DEVICE, DTYPE_IDS, DTYPES, as_layout, assert_close,  # noqa: E402
+                             check_against_float64)
 
-TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=3e-3, rtol=3e-3)}
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 
 
 def _qkv(B, H, S, L, E, dtype, seed):
     g = torch.Generator().manual_seed(seed)
-    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype).requires_grad_()  # noqa: E731
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(DEVICE, dtype).requires_grad_()  # noqa: E731
     return rnd(B, H, S, E), rnd(B, H, L, E), rnd(B, H, L, E)
 
 
@@ -30,7 +34,7 @@ def _mask(B, L, seed, fully_masked_sample=None):
     mask[:, 0] = True  # every other sample keeps at least one real key
     if fully_masked_sample is not None:
         mask[fully_masked_sample] = False
-    return mask
+    return mask.to(DEVICE)
 
 
 @pytest.fixture(params=["pointer", "tma"])
@@ -39,7 +43,7 @@ def forward_kernel(request, monkeypatch):
     kernel that Hopper uses; the latter must not have fallen back."""
     monkeypatch.setenv("MOVIEGEN_ATTN_TMA", "1" if request.param == "tma" else "0")
     yield request.param
-    assert not fa._TMA_BROKEN, "the TMA forward raised and fell back to the pointer kernel"
+    assert not fa._TMA_FAILED, "the TMA forward raised and fell back to the pointer kernel"
 
 
 def _lse_reference(q, k, mask):
@@ -61,12 +65,12 @@ def _check(q, k, v, mask, dtype, check_lse=True):
     out_ref = reference.attention_reference(*ref, mask)
     ref_grads = torch.autograd.grad(out_ref, ref, d_out.double())
     assert out.dtype == dtype and lse.dtype == torch.float32
-    torch.testing.assert_close(out.double(), out_ref, **TOL[dtype], msg=lambda m: f"out: {m}")
+    assert_close(out, out_ref, dtype, "out", "attention")
     for name, g, g_ref in zip(["dq", "dk", "dv"], grads, ref_grads):
         assert g.dtype == dtype and not torch.isnan(g).any(), name
-        torch.testing.assert_close(g.double(), g_ref, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+        assert_close(g, g_ref, dtype, name, "attention")
     if check_lse:
-        torch.testing.assert_close(lse.double(), _lse_reference(*ref[:2], mask), atol=1e-3, rtol=1e-3)
+        assert_close(lse, _lse_reference(*ref[:2], mask), dtype, "lse", "attention")
     return out, grads
 
 
@@ -76,13 +80,13 @@ SHAPES = [(2, 2, 33, 40, 32), (1, 2, 1, 19, 16), (2, 1, 24, 1, 16), (1, 1, 20, 4
           (1, 1, 16, 32, 128)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@dtypes
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-H{}-S{}-L{}-E{}".format(*s))
 def test_matches_reference(shape, dtype, forward_kernel):
     _check(*_qkv(*shape, dtype, seed=sum(shape)), None, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@dtypes
 def test_key_padding_mask_with_fully_masked_sample(dtype, forward_kernel):
     """Sample 1 has no real key: zeros out, -inf lse, zero (not NaN) gradients."""
     B, H, S, L, E = 3, 2, 17, 37, 32
@@ -109,33 +113,69 @@ def test_lse_gradient():
     loss_ref = ((reference.attention_reference(*ref, mask) * w_out.double()).sum()
                 + (_lse_reference(ref[0], ref[1], mask) * w_lse.double()).sum())
     for name, g, g_ref in zip(["dq", "dk", "dv"], grads, torch.autograd.grad(loss_ref, ref)):
-        torch.testing.assert_close(g.double(), g_ref, **TOL[torch.float32], msg=lambda m: f"{name}: {m}")
+        assert_close(g, g_ref, torch.float32, name, "attention")
 
 
-def test_strided_inputs_from_bshe_layout(forward_kernel):
-    """q/k/v as transposed views of [B, S, H, E] projections (the model's natural layout)."""
+def _attn_with_lse(mask):
+    return lambda q, k, v: flash_attention(q, k, v, mask, return_lse=True)
+
+
+def _attn_with_lse_ref(mask):
+    def ref(q, k, v):
+        return reference.attention_reference(q, k, v, mask), _lse_reference(q, k, mask)
+    return ref
+
+
+# q/k/v layouts (the model's [B, S, H, E] projections seen as [B, H, S, E] first) against
+# every upstream-gradient layout: the backward must not assume dO is laid out like O or Q.
+QKV_LAYOUTS = ["transposed", "contiguous", "sliced", "last_dim_strided"]
+GRAD_LAYOUTS = ["contiguous", "transposed", "expanded", "sliced", "last_dim_strided"]
+
+
+@pytest.mark.parametrize("qkv_layout", QKV_LAYOUTS)
+@pytest.mark.parametrize("grad_layout", GRAD_LAYOUTS)
+def test_any_layout_forward_lse_and_gradients(qkv_layout, grad_layout, forward_kernel):
+    """fp32, H > 1, Sq != Sk, a key padding mask; out, LSE and dq/dk/dv vs float64."""
+    B, H, S, L, E = 2, 3, 21, 19, 16
+    q, k, v = _qkv(B, H, S, L, E, torch.float32, seed=11)
+    mask = _mask(B, L, seed=11)
+    view = lambda t: as_layout(t, qkv_layout)  # noqa: E731
+    check_against_float64(_attn_with_lse(mask), _attn_with_lse_ref(mask), [q, k, v],
+                          torch.float32, views=[view] * 3, grad_layout=grad_layout,
+                          kind="attention", names=["q", "k", "v"])
+
+
+@dtypes
+@pytest.mark.parametrize("grad_layout", ["contiguous", "transposed"])
+def test_bshe_layout_every_dtype(dtype, grad_layout, forward_kernel):
+    """The model's layout in every dtype of this machine, both dO layouts a consumer gives."""
+    B, H, S, L, E = 2, 2, 40, 33, 32
+    q, k, v = _qkv(B, H, S, L, E, dtype, seed=12)
+    mask = _mask(B, L, seed=12)
+    view = lambda t: as_layout(t, "transposed")  # noqa: E731
+    check_against_float64(_attn_with_lse(mask), _attn_with_lse_ref(mask), [q, k, v], dtype,
+                          views=[view] * 3, grad_layout=grad_layout, kind="attention",
+                          names=["q", "k", "v"])
+
+
+def test_strided_inputs_from_one_qkv_projection(forward_kernel):
+    """q/k/v as slices of one fused [B, S, 3, H, E] projection, gradient into that buffer."""
     B, S, H, E = 2, 21, 3, 16
     g = torch.Generator().manual_seed(9)
-    qkv = torch.randn(B, S, 3, H, E, generator=g, requires_grad=True)
-    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, S, E], non-contiguous
-    assert not q.is_contiguous()
-    out = flash_attention(q, k, v)
-    out.square().sum().backward()
-    ref_qkv = qkv.detach().double().requires_grad_()
-    rq, rk, rv = (ref_qkv[:, :, i].transpose(1, 2) for i in range(3))
-    out_ref = reference.attention_reference(rq, rk, rv)
-    out_ref.square().sum().backward()
-    torch.testing.assert_close(out.double(), out_ref, **TOL[torch.float32])
-    torch.testing.assert_close(qkv.grad.double(), ref_qkv.grad, **TOL[torch.float32])
+    qkv = torch.randn(B, S, 3, H, E, generator=g).to(DEVICE).requires_grad_()
+    split = lambda t: [t[:, :, i].transpose(1, 2) for i in range(3)]  # noqa: E731
+    check_against_float64(lambda t: flash_attention(*split(t)),
+                          lambda t: reference.attention_reference(*split(t)), [qkv],
+                          torch.float32, kind="attention", names=["qkv"])
 
 
 def test_module_and_errors():
     q, k, v = _qkv(1, 1, 5, 6, 16, torch.float32, seed=10)
-    torch.testing.assert_close(FlashAttention()(q, k, v), reference.attention_reference(q, k, v),
-                               **TOL[torch.float32])
+    assert_close(FlashAttention()(q, k, v), reference.attention_reference(q, k, v), torch.float32,
+                 "out", "attention")
     with pytest.raises(ValueError, match="head dim 24 not supported"):
         flash_attention(*_qkv(1, 1, 4, 4, 24, torch.float32, seed=0))
     with pytest.raises(ValueError, match="key_padding_mask must be bool"):
-        flash_attention(q, k, v, torch.ones(1, 5, dtype=torch.bool))
+        flash_attention(q, k, v, torch.ones(1, 5, dtype=torch.bool, device=DEVICE))
     with pytest.raises(TypeError, match="share a dtype"):
         flash_attention(q, k.half(), v)

@@ -1,8 +1,9 @@
 """Triton factorized position-embedding add (kernels/pos_embed.py) against the torch
-reference in float64, on CPU through the Triton interpreter."""
-import os
+reference in float64. With CUDA: compiled kernels in bf16/fp16/fp32; without: the Triton
+interpreter on CPU in fp32/fp16 (kernels/testing.py says why)."""
+from kernels.testing import select_triton_mode
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (kernels are decorated at import)
+select_triton_mode()  # before triton is imported (kernels are decorated at import)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -11,8 +12,10 @@ pytest.importorskip("triton", reason="triton is not installed; the torch path is
 
 from kernels import reference  # noqa: E402
 from kernels.pos_embed import add_factorized_pos_embed  # noqa: E402
+from kernels.testing import (DEVICE, DTYPE_IDS, DTYPES, as_layout,  # noqa: E402
+                             check_against_float64)
 
-TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=1e-2, rtol=1e-2)}
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 
 # (B, (T, H, W), D, token_offset, S): the full sequence; a shard starting and ending
 # mid-line; one token at an offset; a one-frame image; W = 1; D not a power of two.
@@ -28,28 +31,40 @@ CASES = [
 def _case(B, THW, D, S, dtype, table_dtype, seed):
     T, H, W = THW
     g = torch.Generator().manual_seed(seed)
-    rnd = lambda *s, dt=dtype: torch.randn(*s, generator=g, dtype=torch.float64).to(dt).requires_grad_()  # noqa: E731
+    rnd = lambda *s, dt=dtype: torch.randn(*s, generator=g, dtype=torch.float64).to(DEVICE, dt).requires_grad_()  # noqa: E731
     # tables hold more rows than the grid uses (tables grow between training stages)
     return rnd(B, S, D), rnd(T + 2, D, dt=table_dtype), rnd(H + 1, D, dt=table_dtype), rnd(W + 3, D, dt=table_dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@dtypes
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}-grid{c[1]}-D{c[2]}-off{c[3]}-S{c[4]}")
 def test_matches_reference(case, dtype):
     B, THW, D, offset, S = case
     inputs = _case(B, THW, D, S, dtype, dtype, seed=S + offset)
-    out = add_factorized_pos_embed(*inputs, THW, offset)
-    d_out = torch.randn_like(out)
-    grads = torch.autograd.grad(out, inputs, d_out)
+    outs, grads = check_against_float64(
+        lambda *a: add_factorized_pos_embed(*a, THW, offset),
+        lambda *a: reference.add_factorized_pos_embed_reference(*a, THW, offset), inputs, dtype,
+        names=["x", "pos_t", "pos_h", "pos_w"])
+    assert outs[0].dtype == dtype
+    for g, t in zip(grads, inputs):
+        assert g.shape == t.shape
 
-    ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
-    out_ref = reference.add_factorized_pos_embed_reference(*ref_inputs, THW, offset)
-    ref_grads = torch.autograd.grad(out_ref, ref_inputs, d_out.double())
-    assert out.dtype == dtype
-    torch.testing.assert_close(out.double(), out_ref, **TOL[dtype])
-    for name, g, g_ref, t in zip(["dx", "dpos_t", "dpos_h", "dpos_w"], grads, ref_grads, inputs):
-        assert g.dtype == t.dtype and g.shape == t.shape, name
-        torch.testing.assert_close(g.double(), g_ref, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+
+@dtypes
+@pytest.mark.parametrize("x_layout,grad_layout", [("transposed", "contiguous"), ("sliced", "expanded"),
+                                                  ("contiguous", "transposed"),
+                                                  ("last_dim_strided", "last_dim_strided")])
+def test_any_layout(dtype, x_layout, grad_layout):
+    """x a [S, B, D] buffer seen as [B, S, D] (or sliced), tables every other element of a
+    larger buffer, upstream gradients of any layout."""
+    THW, offset, S = (3, 4, 5), 7, 31
+    inputs = _case(2, THW, 24, S, dtype, dtype, seed=21)
+    table = lambda t: as_layout(t, "last_dim_strided")  # noqa: E731
+    check_against_float64(
+        lambda *a: add_factorized_pos_embed(*a, THW, offset),
+        lambda *a: reference.add_factorized_pos_embed_reference(*a, THW, offset), inputs, dtype,
+        views=[lambda t: as_layout(t, x_layout, dims=(0, 1)), table, table, table],
+        grad_layout=grad_layout, names=["x", "pos_t", "pos_h", "pos_w"])
 
 
 def test_fp16_activations_with_fp32_tables():

@@ -1,0 +1,54 @@
+"""The kernels build for Hopper (sm_90a) without a GPU: a subset of
+``benchmarks/kernel_bench.py --compile-only`` (one dtype, head dim 128 masked, D = 6144, the
+first config of each autotuner) must build with no spills and <= 227 KiB shared memory.
+The full report for every config is committed under benchmarks/results/."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton", reason="triton is not installed")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The D = 6144 norm backward still spills a little at 32 warps (its 8192-lane padded row);
+# listed here so the rest of the report is held to zero, and the xfail below notices a fix.
+KNOWN_SPILLS = {"modulated_rms_norm_bwd bf16 D6144"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compile") / "report.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "kernel_bench.py"),
+                           "--compile-only", "--subset", "--arch", "sm_90a", "--output", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert out.exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    with open(out) as f:
+        return json.load(f), proc
+
+
+@pytest.mark.timeout(600)
+def test_subset_builds_without_errors_spills_or_too_much_shared_memory(report):
+    from kernels.compile_report import MAX_SHARED_BYTES, problems
+    data, proc = report
+    rows = data["rows"]
+    kernels = {r["kernel"].split()[0] for r in rows}
+    assert {"modulated_rms_norm_fwd", "modulated_rms_norm_bwd", "gated_residual_fwd",
+            "gated_residual_bwd", "add_factorized_pos_embed_fwd", "add_factorized_pos_embed_bwd",
+            "attn_fwd", "attn_fwd_tma", "attn_bwd_preprocess", "attn_dkdv", "attn_dq"} <= kernels
+    bad = {f"{r['kernel']} [{r['config']}]": problems(r) for r in rows
+           if problems(r) and r["kernel"] not in KNOWN_SPILLS}
+    assert not bad, bad
+    for r in rows:
+        assert r["compiled"] and r["registers"] and r["shared_bytes"] <= MAX_SHARED_BYTES, r
+    assert data["meta"]["arch"] == "sm_90a" and "--compile-only" in data["meta"]["command"]
+
+
+@pytest.mark.xfail(strict=True, reason="the D = 6144 norm backward spills (see KNOWN_SPILLS)")
+def test_norm_backward_at_6144_does_not_spill(report):
+    from kernels.compile_report import problems
+    rows = [r for r in report[0]["rows"] if r["kernel"] in KNOWN_SPILLS]
+    assert rows and not any(problems(r) for r in rows)
