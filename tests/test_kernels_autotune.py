@@ -1,5 +1,5 @@
 """kernels/autotune.py: a config that fails to build is dropped on its own, with a warning."""
-from kernels.testing import select_triton_mode
+from kernel_helpers import select_triton_mode
 
 select_triton_mode()  # before triton is imported (kernels are decorated at import)
 
@@ -10,7 +10,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 import triton.language as tl  # noqa: E402
 
 from kernels.autotune import autotune  # noqa: E402
-from kernels.testing import DEVICE, use_gpu  # noqa: E402
+from kernel_helpers import DEVICE, use_gpu  # noqa: E402
 
 
 def _timer(fn, quantiles=None):

@@ -3,7 +3,7 @@ paths giving the same numbers."""
 import json
 import os
 
-from kernels.testing import select_triton_mode
+from kernel_helpers import select_triton_mode
 
 select_triton_mode()  # before triton is imported (kernels are decorated at import)
 
@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 import kernels  # noqa: E402
 from kernels import choice, reference  # noqa: E402
-from kernels.testing import DEVICE, use_gpu  # noqa: E402
+from kernel_helpers import DEVICE, use_gpu  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

@@ -1,10 +1,10 @@
 """Triton flash attention (kernels/flash_attention.py) against the torch reference in
 float64: outputs, LSE and every gradient. With CUDA: compiled kernels in bf16/fp16/fp32;
-without: the Triton interpreter on CPU in fp32/fp16 (kernels/testing.py says why)."""
+without: the Triton interpreter on CPU in fp32/fp16 (tests/kernel_helpers.py says why)."""
 import math
 import os
 
-from kernels.testing import select_triton_mode
+from kernel_helpers import select_triton_mode
 
 select_triton_mode()  # before triton is imported (kernels are decorated at import)
 
@@ -16,7 +16,7 @@ pytest.importorskip("triton", reason="triton is not installed; the torch path is
 from kernels import reference  # noqa: E402
 import kernels.flash_attention as fa  # noqa: E402
 from kernels.flash_attention import FlashAttention, flash_attention  # noqa: E402
-from kernels.testing import (DEVICE, DTYPE_IDS, DTYPES, as_layout, assert_close,  # noqa: E402
+from kernel_helpers import (DEVICE, DTYPE_IDS, DTYPES, as_layout, assert_close,  # noqa: E402
                              check_against_float64)
 
 dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)

@@ -1,9 +1,9 @@
 """Triton adaLN kernels (kernels/modulation.py) against the torch reference in float64.
 
 With CUDA: compiled kernels in bf16/fp16/fp32. Without: the Triton interpreter on CPU in
-fp32/fp16 (kernels/testing.py says why).
+fp32/fp16 (tests/kernel_helpers.py says why).
 """
-from kernels.testing import select_triton_mode
+from kernel_helpers import select_triton_mode
 
 select_triton_mode()  # before triton is imported (kernels are decorated at import)
 
@@ -14,7 +14,7 @@ pytest.importorskip("triton", reason="triton is not installed; the torch path is
 
 from kernels import reference  # noqa: E402
 from kernels.modulation import gated_residual, modulated_rms_norm  # noqa: E402
-from kernels.testing import (DEVICE, DTYPE_IDS, DTYPES, as_layout,  # noqa: E402
+from kernel_helpers import (DEVICE, DTYPE_IDS, DTYPES, as_layout,  # noqa: E402
                              check_against_float64)
 
 EPS = 1e-6

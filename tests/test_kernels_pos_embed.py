@@ -1,7 +1,7 @@
 """Triton factorized position-embedding add (kernels/pos_embed.py) against the torch
 reference in float64. With CUDA: compiled kernels in bf16/fp16/fp32; without: the Triton
-interpreter on CPU in fp32/fp16 (kernels/testing.py says why)."""
-from kernels.testing import select_triton_mode
+interpreter on CPU in fp32/fp16 (tests/kernel_helpers.py says why)."""
+from kernel_helpers import select_triton_mode
 
 select_triton_mode()  # before triton is imported (kernels are decorated at import)
 
@@ -12,7 +12,7 @@ pytest.importorskip("triton", reason="triton is not installed; the torch path is
 
 from kernels import reference  # noqa: E402
 from kernels.pos_embed import add_factorized_pos_embed  # noqa: E402
-from kernels.testing import (DEVICE, DTYPE_IDS, DTYPES, as_layout,  # noqa: E402
+from kernel_helpers import (DEVICE, DTYPE_IDS, DTYPES, as_layout,  # noqa: E402
                              check_against_float64)
 
 dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
