@@ -1,35 +1,41 @@
-"""Per-rank memory and communication of a layout: what benchmarks/plan.py prints.
+"""Per-rank memory and communication of a layout: the one model behind
+benchmarks/plan.py and ``python -m moviegen.info``.
 
 Static memory is read from the sharded tensors themselves (``sharded_state_bytes``: the
-model after the real ``parallelize``, on the meta device, under any process group - a
-fake one at world size 6144). Activations and communication are models of this code.
+model after the real ``parallelize``, on the meta device, under a fake process group of
+any world size; rank 0 holds the largest FSDP shard). Activations and communication are
+models of this code.
 
 Activation model (bytes saved for backward per block, one sample of S tokens, b bytes
 per activation element; s = S/(cp*tp) sequence-parallel tokens, g = S/cp tokens after
 the TP gather, Dt = D/tp, Ft = F/tp, N heads, L text tokens). Derived op by op from
 moviegen/model.py with the torch reference kernels (RMSNorm upcasts to fp32 and keeps
-x32 and x32*rstd; the modulated norm also keeps its bf16 output for the (1+scale) mul):
-  norms           (8 + b) s D x 2 modulated + 8 s D cross            = (24 + 2b) s D
-  gated residuals b s D x 2 (the gate multiplies the branch output)  =  2b s D
-  sublayer inputs b g D x 3 (the gathered input of Q/K/V, cross Q, W1/W3)
-  attention       self: Q, out, out reshaped for O (3 b g Dt) + full-context K and V
-                  (2 b S Dt: the CP all-gathered ones) + logsumexp (4 g N/tp);
-                  cross: Q, out, reshaped out (3 b g Dt) + text K/V (2 b L Dt)
-  SwiGLU          W1 out, W3 out, silu(W1 out), product (4 b g Ft)
-AC full keeps each block's input only (b s D) and recomputes one block during its
-backward (+ one block of "none"). AC selective keeps matmul outputs (Q, K, V, O, cross
-Q/O, W1, W3, W2), attention outputs and reduce-scatter outputs, and recomputes norms,
-elementwise ops and all-gathers (+ the rest of one block during its backward).
-Transient (every mode): the full [S, D] position table built before slicing its rows
-(4 S D with fp32 tables) and the patch embedding's [S, D] output before sharding.
+x32 and x32*rstd; the modulated norm also keeps its output for the (1+scale) mul):
+  none       norms (8 + b) s D x 2 modulated + 8 s D cross; gated residuals 2b s D;
+             sublayer inputs b g D x 3 (the gathered inputs of Q/K/V, cross Q, W1/W3);
+             self-attention Q, out, out reshaped for O (3 b g Dt) + full-context K, V
+             (2 b S Dt: the CP all-gathered ones) + logsumexp (4 g N/tp); cross Q, out,
+             reshaped out (3 b g Dt) + text K, V (2 b L Dt); SwiGLU 4 b g Ft
+  full       the block input (b s D)
+  selective  the block input and the three row-parallel results after their reduce-
+             scatter (4 b s D), Q, K, V, cross Q and both attention outputs (6 b g Dt),
+             text K, V, W1 and W3 outputs (2 b g Ft), two logsumexps; see
+             parallel/activation_checkpoint.py
+The peak is at the backward of the last block: the other blocks' saved tensors plus the
+last block rematerialised in full. Transient (every mode): the full [S, D] position
+table built before slicing its rows and the patch embedding's [S, D] output.
+Checked against MemTracker's measured peak on TP 2 x CP 2 (tests/test_memory_model.py).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from torch.distributed.tensor import DTensor
 
 GiB = 2**30
+GB = 1e9
 
 
 # --------------------------------------------------------------------------- static
@@ -95,6 +101,7 @@ class Shape:
 
 
 def block_saved_bytes(sh: Shape, mode: str) -> float:
+    """Bytes one block keeps for its backward (between its forward and its backward)."""
     s, g, S, D, b = sh.s, sh.g, sh.S, sh.D, sh.b
     Dt, Ft, Nt, L = sh.D / sh.tp, sh.F / sh.tp, sh.N / sh.tp, sh.L
     if mode == "none":
@@ -105,14 +112,14 @@ def block_saved_bytes(sh: Shape, mode: str) -> float:
     elif mode == "full":
         per = b * s * D
     elif mode == "selective":
-        rs = 3 * b * s * D if sh.tp > 1 else 0
-        per = (b * s * D                               # block input
-               + 3 * b * g * Dt + b * g * Dt + 4 * g * Nt + b * g * D   # self QKV, out, O
-               + b * g * Dt + 2 * b * L * Dt + b * g * Dt + 4 * g * Nt + b * g * D  # cross
-               + 2 * b * g * Ft + b * g * D           # W1, W3, W2
-               + rs)
+        # block input + three sequence-sharded row-parallel results (after the
+        # reduce-scatter; the matmul output itself when tp = 1) + Q, K, V, cross Q and
+        # both attention outputs [S/cp, D/tp] + text K, V + W1, W3 + two logsumexps
+        per = (4 * b * s * D + 6 * b * g * Dt + 2 * b * L * Dt + 2 * b * g * Ft
+               + 8 * g * Nt)
     else:
-        raise ValueError(mode)
+        raise ValueError(f"activation checkpointing mode must be none, full or selective, "
+                         f"got {mode!r}")
     return per * sh.batch
 
 
@@ -120,12 +127,116 @@ def transient_bytes(sh: Shape, table_bytes: int = 4) -> float:
     return (table_bytes * sh.S * sh.D + sh.b * sh.S * sh.D) * sh.batch
 
 
-def activation_peak_bytes(sh: Shape, mode: str, table_bytes: int = 4) -> float:
-    saved = sh.layers * block_saved_bytes(sh, mode)
-    # the block being recomputed holds what its checkpoint did not keep
-    recompute = (block_saved_bytes(sh, "none") - block_saved_bytes(sh, mode)
-                 if mode != "none" else 0)
-    return saved + recompute + transient_bytes(sh, table_bytes)
+def activation_peak_bytes(sh: Shape, mode: str, table_bytes: int = 4,
+                          full_blocks: int = 0) -> float:
+    """Peak activation bytes of one training step. ``full_blocks`` (selective only): the
+    first blocks recomputed fully (the memory-budget mode).
+
+    The peak is at the backward of the last block: every other block's saved tensors,
+    plus the last block rematerialised in full (what "none" keeps) while it runs."""
+    k = full_blocks if mode == "selective" else 0
+    per_block = [block_saved_bytes(sh, "full")] * k \
+        + [block_saved_bytes(sh, mode)] * (sh.layers - k)
+    return sum(per_block[:-1]) + block_saved_bytes(sh, "none") + transient_bytes(sh, table_bytes)
+
+
+def full_blocks_for_budget(sh: Shape, budget_bytes: float, other_bytes: float = 0.0,
+                           table_bytes: int = 4) -> int | None:
+    """Fewest blocks to recompute fully (the rest selective) so that activations plus
+    ``other_bytes`` fit ``budget_bytes``; None when even all-full does not fit."""
+    for k in range(sh.layers + 1):
+        if activation_peak_bytes(sh, "selective", table_bytes, k) + other_bytes <= budget_bytes:
+            return k
+    return None
+
+
+def recompute_fraction(args, sh: Shape, mode: str, full_blocks: int = 0) -> float:
+    """Extra forward FLOPs of the recomputation, as a fraction of the blocks' forward.
+
+    full: the whole block again; selective under TP: the three row-parallel matmuls
+    (O, cross O, W2), whose full-width outputs are not kept; no TP: nothing."""
+    D, F = args.dim, args.ffn_dim
+    per_token = 6 * D * D + 3 * D * F  # block matmul weights per video token (Q K V O, cross Q O, SwiGLU)
+    attn = 4 * sh.S * D                # attention scores + values, FLOPs per token
+    block = 2 * per_token + attn
+    row = 2 * (2 * D * D + D * F) if sh.tp > 1 else 0
+    k = full_blocks if mode == "selective" else (sh.layers if mode == "full" else 0)
+    sel = (sh.layers - k) if mode == "selective" else 0
+    return (k * block + sel * row) / (sh.layers * block)
+
+
+# --------------------------------------------------------------------------- one layout
+def model_args_for(name: str):
+    """A registered size with the real text-encoder widths and position tables for 768px
+    (48 x 48 patches) and up to 64 latent frames: what plan.py and moviegen.info build."""
+    from moviegen.model import DEFAULT_TEXT_DIMS, MODEL_REGISTRY, ModelArgs
+
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"--model: '{name}' is not registered ({', '.join(MODEL_REGISTRY)})")
+    text_dims = {"byt5": 64} if name == "tiny" else DEFAULT_TEXT_DIMS
+    return ModelArgs(**MODEL_REGISTRY[name], text_dims=text_dims, max_t=64, max_h=144, max_w=144)
+
+
+@contextmanager
+def fake_world(world: int):
+    """A process group of ``world`` ranks in this one process (torch's "fake" backend:
+    collectives are no-ops, meshes and DTensors are real); this process is rank 0."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise RuntimeError("a process group is already initialised; plan outside training")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def layout_dims(world: int, tp: int, cp: int, dp_replicate: int = 1):
+    from types import SimpleNamespace
+
+    from parallel.parallel_dims import ParallelDims
+    return ParallelDims.from_config(SimpleNamespace(dp_replicate=dp_replicate, dp_shard=-1,
+                                                    cp=cp, tp=tp), world)
+
+
+def sharded_model(args, dims, mesh, ac: str, full_blocks: int = 0):
+    """The model on the meta device after the real ``parallelize`` (bf16 compute, fp32
+    reduction, as on GPUs) under the current (fake) process group."""
+    import torch
+
+    from moviegen.model import MovieGenTransformer
+    from parallel.parallelize import parallelize
+
+    with torch.device("meta"):
+        model = MovieGenTransformer(args)
+    cfg = SimpleNamespace(ac=ac, ac_full_blocks=full_blocks, compile=False, param_dtype="bf16",
+                          reduce_dtype="fp32", reshard_after_forward=True)
+    parallelize(model, dims, mesh, cfg, device_type="cuda")
+    return model
+
+
+def layout_memory(static: dict, args, dims, seq_len: int, text_len: int, ac: str,
+                  full_blocks: int = 0, act_bytes: int = 2) -> dict:
+    """Per-rank memory (GB = 1e9 bytes) of one layout: state from the sharded tensors
+    (``sharded_state_bytes``), activations from the per-block model (bf16 activations
+    and position tables), one sample per CP x TP group."""
+    sh = Shape(S=seq_len, D=args.dim, F=args.ffn_dim, N=args.n_heads, L=text_len,
+               layers=args.n_layers, tp=dims.tp, cp=dims.cp, b=act_bytes)
+    act = activation_peak_bytes(sh, ac, table_bytes=act_bytes, full_blocks=full_blocks)
+    row = {"params_per_rank": static["params_local"],
+           "param_gb": static["param_bytes"] / GB, "grad_gb": static["grad_bytes"] / GB,
+           "optimizer_gb": static["optimizer_bytes"] / GB,
+           "fsdp_buffer_gb": static["fsdp_buffer_bytes"] / GB, "activation_gb": act / GB}
+    row["total_gb"] = sum(row[k] for k in ("param_gb", "grad_gb", "optimizer_gb",
+                                           "fsdp_buffer_gb", "activation_gb"))
+    return row
+
+
+def state_and_buffers_gb(static: dict) -> float:
+    return (static["param_bytes"] + static["grad_bytes"] + static["optimizer_bytes"]
+            + static["fsdp_buffer_bytes"]) / GB
 
 
 # --------------------------------------------------------------------------- communication
