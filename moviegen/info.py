@@ -9,10 +9,10 @@ Parameters are counted from the module itself (no memory: meta device), with the
 text-encoder widths (UL2 4096, ByT5 1472, MetaCLIP 1024) for the large sizes. FLOPs per
 training sample follow moviegen.flops (forward + backward, recomputation not credited).
 ``memory_per_gpu`` (GB = 1e9 bytes) for the layout given by --world/--dp_replicate/--cp/
---tp/--ac: parameter/gradient/AdamW bytes per rank (fp32 master, FSDP over dp_shard x cp,
-TP-sharded projections split tp ways as in parallel/tensor_parallel.py's plan), the FSDP
-working set, and activations from parallel/memory_model.py for one sample per CP x TP
-group; benchmarks/plan.py reads the same figures from really sharded tensors.
+--tp/--ac, from the same memory model as benchmarks/plan.py (parallel/memory_model.py):
+the real ``parallelize`` on a fake process group of --world ranks, parameter/gradient/
+AdamW bytes read from rank 0's shards (fp32 master), the FSDP working set, and the
+activation peak for one sample per CP x TP group.
 """
 from __future__ import annotations
 
@@ -22,19 +22,19 @@ import json
 import torch
 
 from moviegen.flops import flops_per_sample, tokens_for
-from moviegen.model import (DEFAULT_TEXT_DIMS, MODEL_REGISTRY, ModelArgs, MovieGenTransformer,
-                            count_parameters)
+from moviegen.model import MODEL_REGISTRY, MovieGenTransformer, count_parameters
 
 TEXT_TOKENS = {"ul2": 256, "byt5": 256, "metaclip": 256}
 
 
 def model_info(name: str, seq_len: int | None = None, height: int = 768, width: int = 768,
                frames: int = 256, text_len: int | None = None) -> dict:
+    from parallel.memory_model import model_args_for
+
     if name not in MODEL_REGISTRY:
         raise SystemExit(f"--model: '{name}' is not registered ({', '.join(MODEL_REGISTRY)})")
-    text_dims = {"byt5": 64} if name == "tiny" else DEFAULT_TEXT_DIMS
-    args = ModelArgs(**MODEL_REGISTRY[name], text_dims=text_dims,
-                     max_t=64, max_h=144, max_w=144)
+    args = model_args_for(name)
+    text_dims = args.text_dims
     with torch.device("meta"):
         model = MovieGenTransformer(args)
     params = count_parameters(model)
@@ -54,34 +54,28 @@ def model_info(name: str, seq_len: int | None = None, height: int = 768, width: 
     }
 
 
-def memory_per_gpu(model, args, seq_len: int, text_len: int, world: int, dp_replicate: int,
-                   cp: int, tp: int, ac: str) -> dict:
-    from parallel.memory_model import Shape, activation_peak_bytes
-    from parallel.tensor_parallel import BLOCK_TP_PLAN
+def memory_per_gpu(name: str, seq_len: int, text_len: int, world: int, dp_replicate: int,
+                   cp: int, tp: int, ac: str, gpu_mem_gb: float = 80.0,
+                   headroom: float = 0.9) -> dict:
+    """The same figures as benchmarks/plan.py for one layout: the real ``parallelize`` on a
+    fake process group of ``world`` ranks, state from the sharded tensors, activations
+    from parallel/memory_model.py (GB = 1e9 bytes)."""
+    from parallel.memory_model import (fake_world, layout_dims, layout_memory, model_args_for,
+                                       sharded_model, sharded_state_bytes)
 
     if world % (dp_replicate * cp * tp):
-        raise SystemExit(f"--world {world} is not divisible by dp_replicate x cp x tp")
-    fsdp = world // (dp_replicate * cp * tp) * cp
-    tp_sharded = {k for k, v in BLOCK_TP_PLAN.items() if v in ("colwise", "rowwise_to_sequence")}
-    local, block = 0.0, 0.0
-    for name, p in model.named_parameters():
-        sharded_by_tp = name.startswith("blocks.") and \
-            name.split(".", 2)[2].rsplit(".", 1)[0] in tp_sharded
-        per_tp = p.numel() / (tp if sharded_by_tp else 1)
-        local += per_tp / fsdp
-        if name.startswith("blocks.0."):
-            block += per_tp
-    sh = Shape(S=seq_len, D=args.dim, F=args.ffn_dim, N=args.n_heads, L=text_len,
-               layers=args.n_layers, tp=tp, cp=cp, b=2)
-    act = activation_peak_bytes(sh, ac, table_bytes=2)
+        raise SystemExit(f"--world {world} is not divisible by dp_replicate x cp x tp "
+                         f"= {dp_replicate * cp * tp}")
+    args = model_args_for(name)
+    with fake_world(world):
+        dims = layout_dims(world, tp, cp, dp_replicate)
+        dims.validate_model(args)
+        static = sharded_state_bytes(sharded_model(args, dims, dims.build_mesh("cpu"), ac),
+                                     args.n_layers)
     out = {"layout": {"world": world, "dp_replicate": dp_replicate,
-                      "dp_shard": fsdp // cp, "cp": cp, "tp": tp, "ac": ac},
-           "params_per_rank": int(local), "param_gb": local * 4 / 1e9,
-           "grad_gb": local * 4 / 1e9, "optimizer_gb": local * 8 / 1e9,
-           "fsdp_buffer_gb": block * 8 / 1e9, "activation_gb": act / 1e9}
-    out["total_gb"] = sum(out[k] for k in ("param_gb", "grad_gb", "optimizer_gb",
-                                           "fsdp_buffer_gb", "activation_gb"))
-    out["fits_h100_80gb"] = out["total_gb"] < 72.0
+                      "dp_shard": dims.dp_shard, "cp": cp, "tp": tp, "ac": ac},
+           **layout_memory(static, args, dims, seq_len, text_len, ac)}
+    out[f"fits_{gpu_mem_gb:g}gb"] = out["total_gb"] < headroom * gpu_mem_gb
     return out
 
 
@@ -99,14 +93,12 @@ def main(argv=None):
     ap.add_argument("--cp", type=int, default=4)
     ap.add_argument("--tp", type=int, default=8)
     ap.add_argument("--ac", default="selective", choices=["none", "full", "selective"])
+    ap.add_argument("--gpu_mem_gb", type=float, default=80.0, help="80 (H100) or 141 (H200)")
     a = ap.parse_args(argv)
     info = model_info(a.model, a.seq_len, a.height, a.width, a.frames, a.text_len)
-    args = ModelArgs(**MODEL_REGISTRY[a.model], text_dims=DEFAULT_TEXT_DIMS,
-                     max_t=64, max_h=144, max_w=144)
-    with torch.device("meta"):
-        model = MovieGenTransformer(args)
-    info["memory_per_gpu"] = memory_per_gpu(model, args, info["seq_len"], info["text_len"],
-                                            a.world, a.dp_replicate, a.cp, a.tp, a.ac)
+    info["memory_per_gpu"] = memory_per_gpu(a.model, info["seq_len"], info["text_len"],
+                                            a.world, a.dp_replicate, a.cp, a.tp, a.ac,
+                                            a.gpu_mem_gb)
     print(json.dumps(info, indent=2))
     return info
 

@@ -39,29 +39,22 @@ GB = 1e9
 
 
 # --------------------------------------------------------------------------- static
-def sharded_state_bytes(model, param_bytes_compute: int = 2, master_bytes: int = 4,
-                        grad_bytes: int = 4, optim_states: int = 2) -> dict:
+def sharded_state_bytes(model, n_layers: int | None = None, param_bytes_compute: int = 2,
+                        master_bytes: int = 4, grad_bytes: int = 4, optim_states: int = 2) -> dict:
     """Parameter, gradient and AdamW bytes on this rank, from the local shards; plus the
     FSDP working set (largest block gathered in compute dtype x2 for prefetch, and its
-    unsharded gradient in compute dtype + fp32 for the reduce-scatter)."""
-    local = 0
-    block_unsharded = 0
-    for name, p in model.named_parameters():
-        n_local = p.to_local().numel() if isinstance(p, DTensor) else p.numel()
-        local += n_local
-    for block in model.blocks.values():
-        unsharded = 0
-        for p in block.parameters():
-            if isinstance(p, DTensor):
-                tp_local = p.numel()
-                for i, pl in enumerate(p.placements):
-                    if p.device_mesh.mesh_dim_names and \
-                            p.device_mesh.mesh_dim_names[i] == "tp" and not pl.is_replicate():
-                        tp_local //= p.device_mesh.size(i)
-                unsharded += tp_local
-            else:
-                unsharded += p.numel()
-        block_unsharded = max(block_unsharded, unsharded)
+    unsharded gradient in compute dtype + fp32 for the reduce-scatter).
+
+    ``n_layers``: the depth to report for when ``model`` was built with fewer (identical)
+    blocks: FSDP shards every block on its own, so each block's local share is the same
+    and the block part scales exactly."""
+    blocks = list(model.blocks.values())
+    scale = (n_layers / len(blocks)) if n_layers else 1.0
+    block_ids = {id(p) for b in blocks for p in b.parameters()}
+    outside = sum(_local_numel(p) for p in model.parameters() if id(p) not in block_ids)
+    inside = sum(_local_numel(p) for b in blocks for p in b.parameters())
+    local = int(outside + round(inside * scale))
+    block_unsharded = max(sum(_tp_local_numel(p) for p in b.parameters()) for b in blocks)
     return {
         "params_local": local,
         "param_bytes": local * master_bytes,
@@ -71,6 +64,22 @@ def sharded_state_bytes(model, param_bytes_compute: int = 2, master_bytes: int =
         "fsdp_buffer_bytes": block_unsharded * (2 * param_bytes_compute
                                                 + param_bytes_compute + 4),
     }
+
+
+def _local_numel(p) -> int:
+    return p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+
+
+def _tp_local_numel(p) -> int:
+    """Elements of one TP rank's slice (what FSDP gathers for this rank)."""
+    if not isinstance(p, DTensor):
+        return p.numel()
+    n = p.numel()
+    names = p.device_mesh.mesh_dim_names or ()
+    for i, pl in enumerate(p.placements):
+        if i < len(names) and names[i] == "tp" and not pl.is_replicate():
+            n //= p.device_mesh.size(i)
+    return n
 
 
 def block_params_per_tp_rank(model) -> int:
@@ -201,16 +210,29 @@ def layout_dims(world: int, tp: int, cp: int, dp_replicate: int = 1):
                                                     cp=cp, tp=tp), world)
 
 
+SAMPLE_BLOCKS = 2
+
+
 def sharded_model(args, dims, mesh, ac: str, full_blocks: int = 0):
     """The model on the meta device after the real ``parallelize`` (bf16 compute, fp32
-    reduction, as on GPUs) under the current (fake) process group."""
+    reduction, as on GPUs) under the current (fake) process group.
+
+    Built with ``SAMPLE_BLOCKS`` of its identical blocks (sharding all 48 blocks of the
+    30B over 6,144 FSDP ranks takes a minute per layout); pass ``n_layers=args.n_layers``
+    to ``sharded_state_bytes``. With ``full_blocks`` (the budget mode) the sample keeps
+    one fully recomputed block and one selective block when both kinds are planned."""
+    import dataclasses
+
     import torch
 
     from moviegen.model import MovieGenTransformer
     from parallel.parallelize import parallelize
 
+    n = min(SAMPLE_BLOCKS, args.n_layers)
+    if full_blocks:
+        full_blocks = n if full_blocks >= args.n_layers else max(1, min(full_blocks, n - 1))
     with torch.device("meta"):
-        model = MovieGenTransformer(args)
+        model = MovieGenTransformer(dataclasses.replace(args, n_layers=n))
     cfg = SimpleNamespace(ac=ac, ac_full_blocks=full_blocks, compile=False, param_dtype="bf16",
                           reduce_dtype="fp32", reshard_after_forward=True)
     parallelize(model, dims, mesh, cfg, device_type="cuda")
