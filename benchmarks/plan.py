@@ -268,8 +268,7 @@ def main(argv=None):
         print("\n" + "\n".join(side))
     command = "python benchmarks/plan.py " + " ".join(shlex.quote(x) for x in
                                                         (argv if argv is not None else sys.argv[1:]))
-    meta = {"machine": f"{platform.node() and platform.machine()} {platform.processor() or ''} "
-                       f"{os.cpu_count()} CPUs, no GPU needed".strip(),
+    meta = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (no GPU used)",
             "torch": torch.__version__, "command": command,
             "assumptions": {k: getattr(a, k) for k in ("gpu_mem_gb", "headroom", "gpus_per_node",
                                                        "peak_tflops", "compute_efficiency",
