@@ -66,10 +66,15 @@ def memory_per_gpu(name: str, seq_len: int, text_len: int, world: int, dp_replic
     if world % (dp_replicate * cp * tp):
         raise SystemExit(f"--world {world} is not divisible by dp_replicate x cp x tp "
                          f"= {dp_replicate * cp * tp}")
+    from moviegen.config import ConfigError
+
     args = model_args_for(name)
     with fake_world(world):
-        dims = layout_dims(world, tp, cp, dp_replicate)
-        dims.validate_model(args)
+        try:
+            dims = layout_dims(world, tp, cp, dp_replicate)
+            dims.validate_model(args)
+        except ConfigError as e:
+            raise SystemExit(f"--tp/--cp/--world: {e}") from None
         static = sharded_state_bytes(sharded_model(args, dims, dims.build_mesh("cpu"), ac),
                                      args.n_layers)
     out = {"layout": {"world": world, "dp_replicate": dp_replicate,

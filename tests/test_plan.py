@@ -76,3 +76,8 @@ def test_bad_arguments_are_named():
            "--seq_len", "64", "--output", "plan.csv"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--output plan.csv: give a .json file name" in r.stderr
+
+
+def test_info_names_a_layout_the_model_cannot_take():
+    with pytest.raises(SystemExit, match="--tp/--cp/--world: .*tp=8 does not divide the model's 4"):
+        memory_per_gpu("tiny", 256, 16, 64, 1, 1, 8, "selective")
