@@ -1,61 +1,60 @@
-"""Per-rank memory and communication of a layout: what benchmarks/plan.py prints.
+"""Per-rank memory and communication of a layout: the one model behind
+benchmarks/plan.py and ``python -m moviegen.info`` (through moviegen/planning.py).
 
 Static memory is read from the sharded tensors themselves (``sharded_state_bytes``: the
-model after the real ``parallelize``, on the meta device, under any process group - a
-fake one at world size 6144). Activations and communication are models of this code.
+model after the real ``parallelize``, on the meta device, under a fake process group of
+any world size; rank 0 holds the largest FSDP shard). Activations and communication are
+models of this code.
 
 Activation model (bytes saved for backward per block, one sample of S tokens, b bytes
 per activation element; s = S/(cp*tp) sequence-parallel tokens, g = S/cp tokens after
 the TP gather, Dt = D/tp, Ft = F/tp, N heads, L text tokens). Derived op by op from
 moviegen/model.py with the torch reference kernels (RMSNorm upcasts to fp32 and keeps
-x32 and x32*rstd; the modulated norm also keeps its bf16 output for the (1+scale) mul):
-  norms           (8 + b) s D x 2 modulated + 8 s D cross            = (24 + 2b) s D
-  gated residuals b s D x 2 (the gate multiplies the branch output)  =  2b s D
-  sublayer inputs b g D x 3 (the gathered input of Q/K/V, cross Q, W1/W3)
-  attention       self: Q, out, out reshaped for O (3 b g Dt) + full-context K and V
-                  (2 b S Dt: the CP all-gathered ones) + logsumexp (4 g N/tp);
-                  cross: Q, out, reshaped out (3 b g Dt) + text K/V (2 b L Dt)
-  SwiGLU          W1 out, W3 out, silu(W1 out), product (4 b g Ft)
-AC full keeps each block's input only (b s D) and recomputes one block during its
-backward (+ one block of "none"). AC selective keeps matmul outputs (Q, K, V, O, cross
-Q/O, W1, W3, W2), attention outputs and reduce-scatter outputs, and recomputes norms,
-elementwise ops and all-gathers (+ the rest of one block during its backward).
-Transient (every mode): the full [S, D] position table built before slicing its rows
-(4 S D with fp32 tables) and the patch embedding's [S, D] output before sharding.
+x32 and x32*rstd; the modulated norm also keeps its output for the (1+scale) mul):
+  none       norms (8 + b) s D x 2 modulated + 8 s D cross; gated residuals 2b s D;
+             sublayer inputs b g D x 3 (the gathered inputs of Q/K/V, cross Q, W1/W3);
+             self-attention Q, out, out reshaped for O (3 b g Dt) + full-context K, V
+             (2 b S Dt: the CP all-gathered ones) + logsumexp (4 g N/tp); cross Q, out,
+             reshaped out (3 b g Dt) + text K, V (2 b L Dt); SwiGLU 4 b g Ft
+  full       the block input (b s D)
+  selective  the block input and the three row-parallel results after their reduce-
+             scatter (4 b s D), Q, K, V, cross Q and both attention outputs (6 b g Dt),
+             text K, V, W1 and W3 outputs (2 b g Ft), two logsumexps; see
+             parallel/activation_checkpoint.py
+The peak is at the backward of the last block: the other blocks' saved tensors plus the
+last block rematerialised in full. Transient (every mode): the full [S, D] position
+table built before slicing its rows and the patch embedding's [S, D] output.
+Checked against MemTracker's measured peak on TP 2 x CP 2 (tests/test_memory_model.py).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from torch.distributed.tensor import DTensor
 
 GiB = 2**30
+GB = 1e9
 
 
 # --------------------------------------------------------------------------- static
-def sharded_state_bytes(model, param_bytes_compute: int = 2, master_bytes: int = 4,
-                        grad_bytes: int = 4, optim_states: int = 2) -> dict:
+def sharded_state_bytes(model, n_layers: int | None = None, param_bytes_compute: int = 2,
+                        master_bytes: int = 4, grad_bytes: int = 4, optim_states: int = 2) -> dict:
     """Parameter, gradient and AdamW bytes on this rank, from the local shards; plus the
     FSDP working set (largest block gathered in compute dtype x2 for prefetch, and its
-    unsharded gradient in compute dtype + fp32 for the reduce-scatter)."""
-    local = 0
-    block_unsharded = 0
-    for name, p in model.named_parameters():
-        n_local = p.to_local().numel() if isinstance(p, DTensor) else p.numel()
-        local += n_local
-    for block in model.blocks.values():
-        unsharded = 0
-        for p in block.parameters():
-            if isinstance(p, DTensor):
-                tp_local = p.numel()
-                for i, pl in enumerate(p.placements):
-                    if p.device_mesh.mesh_dim_names and \
-                            p.device_mesh.mesh_dim_names[i] == "tp" and not pl.is_replicate():
-                        tp_local //= p.device_mesh.size(i)
-                unsharded += tp_local
-            else:
-                unsharded += p.numel()
-        block_unsharded = max(block_unsharded, unsharded)
+    unsharded gradient in compute dtype + fp32 for the reduce-scatter).
+
+    ``n_layers``: the depth to report for when ``model`` was built with fewer (identical)
+    blocks: FSDP shards every block on its own, so each block's local share is the same
+    and the block part scales exactly."""
+    blocks = list(model.blocks.values())
+    scale = (n_layers / len(blocks)) if n_layers else 1.0
+    block_ids = {id(p) for b in blocks for p in b.parameters()}
+    outside = sum(_local_numel(p) for p in model.parameters() if id(p) not in block_ids)
+    inside = sum(_local_numel(p) for b in blocks for p in b.parameters())
+    local = int(outside + round(inside * scale))
+    block_unsharded = max(sum(_tp_local_numel(p) for p in b.parameters()) for b in blocks)
     return {
         "params_local": local,
         "param_bytes": local * master_bytes,
@@ -65,6 +64,22 @@ def sharded_state_bytes(model, param_bytes_compute: int = 2, master_bytes: int =
         "fsdp_buffer_bytes": block_unsharded * (2 * param_bytes_compute
                                                 + param_bytes_compute + 4),
     }
+
+
+def _local_numel(p) -> int:
+    return p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+
+
+def _tp_local_numel(p) -> int:
+    """Elements of one TP rank's slice (what FSDP gathers for this rank)."""
+    if not isinstance(p, DTensor):
+        return p.numel()
+    n = p.numel()
+    names = p.device_mesh.mesh_dim_names or ()
+    for i, pl in enumerate(p.placements):
+        if i < len(names) and names[i] == "tp" and not pl.is_replicate():
+            n //= p.device_mesh.size(i)
+    return n
 
 
 def block_params_per_tp_rank(model) -> int:
@@ -95,6 +110,7 @@ class Shape:
 
 
 def block_saved_bytes(sh: Shape, mode: str) -> float:
+    """Bytes one block keeps for its backward (between its forward and its backward)."""
     s, g, S, D, b = sh.s, sh.g, sh.S, sh.D, sh.b
     Dt, Ft, Nt, L = sh.D / sh.tp, sh.F / sh.tp, sh.N / sh.tp, sh.L
     if mode == "none":
@@ -105,14 +121,14 @@ def block_saved_bytes(sh: Shape, mode: str) -> float:
     elif mode == "full":
         per = b * s * D
     elif mode == "selective":
-        rs = 3 * b * s * D if sh.tp > 1 else 0
-        per = (b * s * D                               # block input
-               + 3 * b * g * Dt + b * g * Dt + 4 * g * Nt + b * g * D   # self QKV, out, O
-               + b * g * Dt + 2 * b * L * Dt + b * g * Dt + 4 * g * Nt + b * g * D  # cross
-               + 2 * b * g * Ft + b * g * D           # W1, W3, W2
-               + rs)
+        # block input + three sequence-sharded row-parallel results (after the
+        # reduce-scatter; the matmul output itself when tp = 1) + Q, K, V, cross Q and
+        # both attention outputs [S/cp, D/tp] + text K, V + W1, W3 + two logsumexps
+        per = (4 * b * s * D + 6 * b * g * Dt + 2 * b * L * Dt + 2 * b * g * Ft
+               + 8 * g * Nt)
     else:
-        raise ValueError(mode)
+        raise ValueError(f"activation checkpointing mode must be none, full or selective, "
+                         f"got {mode!r}")
     return per * sh.batch
 
 
@@ -120,12 +136,89 @@ def transient_bytes(sh: Shape, table_bytes: int = 4) -> float:
     return (table_bytes * sh.S * sh.D + sh.b * sh.S * sh.D) * sh.batch
 
 
-def activation_peak_bytes(sh: Shape, mode: str, table_bytes: int = 4) -> float:
-    saved = sh.layers * block_saved_bytes(sh, mode)
-    # the block being recomputed holds what its checkpoint did not keep
-    recompute = (block_saved_bytes(sh, "none") - block_saved_bytes(sh, mode)
-                 if mode != "none" else 0)
-    return saved + recompute + transient_bytes(sh, table_bytes)
+def activation_peak_bytes(sh: Shape, mode: str, table_bytes: int = 4,
+                          full_blocks: int = 0) -> float:
+    """Peak activation bytes of one training step. ``full_blocks`` (selective only): the
+    first blocks recomputed fully (the memory-budget mode).
+
+    The peak is at the backward of the last block: every other block's saved tensors,
+    plus the last block rematerialised in full (what "none" keeps) while it runs."""
+    k = full_blocks if mode == "selective" else 0
+    per_block = [block_saved_bytes(sh, "full")] * k \
+        + [block_saved_bytes(sh, mode)] * (sh.layers - k)
+    return sum(per_block[:-1]) + block_saved_bytes(sh, "none") + transient_bytes(sh, table_bytes)
+
+
+def full_blocks_for_budget(sh: Shape, budget_bytes: float, other_bytes: float = 0.0,
+                           table_bytes: int = 4) -> int | None:
+    """Fewest blocks to recompute fully (the rest selective) so that activations plus
+    ``other_bytes`` fit ``budget_bytes``; None when even all-full does not fit."""
+    for k in range(sh.layers + 1):
+        if activation_peak_bytes(sh, "selective", table_bytes, k) + other_bytes <= budget_bytes:
+            return k
+    return None
+
+
+def recompute_fraction(args, sh: Shape, mode: str, full_blocks: int = 0) -> float:
+    """Extra forward FLOPs of the recomputation, as a fraction of the blocks' forward.
+
+    full: the whole block again; selective under TP: the three row-parallel matmuls
+    (O, cross O, W2), whose full-width outputs are not kept; no TP: nothing."""
+    D, F = args.dim, args.ffn_dim
+    per_token = 6 * D * D + 3 * D * F  # block matmul weights per video token (Q K V O, cross Q O, SwiGLU)
+    attn = 4 * sh.S * D                # attention scores + values, FLOPs per token
+    block = 2 * per_token + attn
+    row = 2 * (2 * D * D + D * F) if sh.tp > 1 else 0
+    k = full_blocks if mode == "selective" else (sh.layers if mode == "full" else 0)
+    sel = (sh.layers - k) if mode == "selective" else 0
+    return (k * block + sel * row) / (sh.layers * block)
+
+
+# --------------------------------------------------------------------------- one layout
+@contextmanager
+def fake_world(world: int):
+    """A process group of ``world`` ranks in this one process (torch's "fake" backend:
+    collectives are no-ops, meshes and DTensors are real); this process is rank 0."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise RuntimeError("a process group is already initialised; plan outside training")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def layout_dims(world: int, tp: int, cp: int, dp_replicate: int = 1):
+    from types import SimpleNamespace
+
+    from parallel.parallel_dims import ParallelDims
+    return ParallelDims.from_config(SimpleNamespace(dp_replicate=dp_replicate, dp_shard=-1,
+                                                    cp=cp, tp=tp), world)
+
+
+def layout_memory(static: dict, args, dims, seq_len: int, text_len: int, ac: str,
+                  full_blocks: int = 0, act_bytes: int = 2) -> dict:
+    """Per-rank memory (GB = 1e9 bytes) of one layout: state from the sharded tensors
+    (``sharded_state_bytes``), activations from the per-block model (bf16 activations
+    and position tables), one sample per CP x TP group."""
+    sh = Shape(S=seq_len, D=args.dim, F=args.ffn_dim, N=args.n_heads, L=text_len,
+               layers=args.n_layers, tp=dims.tp, cp=dims.cp, b=act_bytes)
+    act = activation_peak_bytes(sh, ac, table_bytes=act_bytes, full_blocks=full_blocks)
+    row = {"params_per_rank": static["params_local"],
+           "param_gb": static["param_bytes"] / GB, "grad_gb": static["grad_bytes"] / GB,
+           "optimizer_gb": static["optimizer_bytes"] / GB,
+           "fsdp_buffer_gb": static["fsdp_buffer_bytes"] / GB, "activation_gb": act / GB}
+    row["total_gb"] = sum(row[k] for k in ("param_gb", "grad_gb", "optimizer_gb",
+                                           "fsdp_buffer_gb", "activation_gb"))
+    return row
+
+
+def state_and_buffers_gb(static: dict) -> float:
+    return (static["param_bytes"] + static["grad_bytes"] + static["optimizer_bytes"]
+            + static["fsdp_buffer_bytes"]) / GB
 
 
 # --------------------------------------------------------------------------- communication

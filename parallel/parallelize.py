@@ -119,7 +119,8 @@ def parallelize(model, dims: ParallelDims, mesh, parallel_cfg, device_type: str)
         apply_tensor_parallel(model, mesh["tp"])
     if dims.seq_shards > 1:
         apply_context_parallel(model, mesh["cp_tp"], mesh["cp"] if dims.cp > 1 else None)
-    apply_activation_checkpointing(model, parallel_cfg.ac)
+    apply_activation_checkpointing(model, parallel_cfg.ac,
+                                   parallel_cfg.ac_full_blocks)
     if parallel_cfg.compile:
         apply_compile(model)
     if dims.fsdp_enabled:

@@ -264,6 +264,9 @@ class ParallelConfig:
     ac: str = "none"
     """Activation checkpointing per block: none, full, or selective (save matmul and
     attention outputs, recompute norms/elementwise/all-gathers)."""
+    ac_full_blocks: int = 0
+    """With ac=selective: this many blocks (the first ones) are fully recomputed instead, to
+    fit a memory budget (benchmarks/plan.py --ac budget picks the number)."""
     compile: bool = False
     """torch.compile each transformer block."""
     param_dtype: str = "auto"
@@ -280,6 +283,7 @@ class ParallelConfig:
         check(self.dp_shard == -1 or self.dp_shard >= 1, "parallel.dp_shard",
               "must be >= 1 or -1")
         check_choice(self.ac, "parallel.ac", AC_MODES)
+        check(self.ac_full_blocks >= 0, "parallel.ac_full_blocks", "must be >= 0")
         check_choice(self.param_dtype, "parallel.param_dtype", ("auto", "bf16", "fp32"))
         check_choice(self.reduce_dtype, "parallel.reduce_dtype", ("fp32", "bf16"))
 

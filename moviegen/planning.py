@@ -1,0 +1,106 @@
+"""A model size on a layout, without a GPU: parameters, FLOPs, tokens and the per-GPU
+memory of the one memory model (parallel/memory_model.py), as ``python -m moviegen.info``
+and ``benchmarks/plan.py`` report them.
+
+The model is built on the meta device and the real ``parallel.parallelize`` is applied
+under a fake process group of the planned world size; parameter, gradient and AdamW bytes
+are read from rank 0's shards, activations come from the per-block model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import torch
+
+from moviegen.models.flops import flops_per_sample, tokens_for
+from moviegen.models.transformer import (DEFAULT_TEXT_DIMS, MODEL_REGISTRY, ModelArgs,
+                                         MovieGenTransformer, count_parameters)
+from parallel.memory_model import (fake_world, layout_dims, layout_memory,
+                                   sharded_state_bytes)
+from parallel.parallel_dims import LayoutError
+from parallel.parallelize import parallelize
+
+
+def model_args_for(name: str):
+    """A registered size with the real text-encoder widths and position tables for 768px
+    (48 x 48 patches) and up to 64 latent frames: what plan.py and moviegen.info build."""
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"--model: '{name}' is not registered ({', '.join(MODEL_REGISTRY)})")
+    text_dims = {"byt5": 64} if name == "tiny" else DEFAULT_TEXT_DIMS
+    return ModelArgs(**MODEL_REGISTRY[name], text_dims=text_dims, max_t=64, max_h=144, max_w=144)
+
+
+SAMPLE_BLOCKS = 2
+
+
+def sharded_model(args, dims, mesh, ac: str, full_blocks: int = 0):
+    """The model on the meta device after the real ``parallelize`` (bf16 compute, fp32
+    reduction, as on GPUs) under the current (fake) process group.
+
+    Built with ``SAMPLE_BLOCKS`` of its identical blocks (sharding all 48 blocks of the
+    30B over 6,144 FSDP ranks takes a minute per layout); pass ``n_layers=args.n_layers``
+    to ``sharded_state_bytes``. With ``full_blocks`` (the budget mode) the sample keeps
+    one fully recomputed block and one selective block when both kinds are planned."""
+    n = min(SAMPLE_BLOCKS, args.n_layers)
+    if full_blocks:
+        full_blocks = n if full_blocks >= args.n_layers else max(1, min(full_blocks, n - 1))
+    with torch.device("meta"):
+        model = MovieGenTransformer(dataclasses.replace(args, n_layers=n))
+    cfg = SimpleNamespace(ac=ac, ac_full_blocks=full_blocks, compile=False, param_dtype="bf16",
+                          reduce_dtype="fp32", reshard_after_forward=True)
+    parallelize(model, dims, mesh, cfg, device_type="cuda")
+    return model
+
+
+TEXT_TOKENS = {"ul2": 256, "byt5": 256, "metaclip": 256}
+
+
+def model_info(name: str, seq_len: int | None = None, height: int = 768, width: int = 768,
+               frames: int = 256, text_len: int | None = None) -> dict:
+    if name not in MODEL_REGISTRY:
+        raise SystemExit(f"--model: '{name}' is not registered ({', '.join(MODEL_REGISTRY)})")
+    args = model_args_for(name)
+    text_dims = args.text_dims
+    with torch.device("meta"):
+        model = MovieGenTransformer(args)
+    params = count_parameters(model)
+    tokens = tokens_for(height, width, frames, args)
+    S = seq_len if seq_len is not None else tokens["tokens"]
+    L = text_len if text_len is not None else sum(TEXT_TOKENS[k] for k in text_dims if k in TEXT_TOKENS)
+    fl = flops_per_sample(args, S, L)
+    return {
+        "model": name,
+        "layers": args.n_layers, "dim": args.dim, "ffn_dim": args.ffn_dim,
+        "heads": args.n_heads, "head_dim": args.head_dim,
+        "parameters": params,
+        "seq_len": S, "text_len": L,
+        "video": {"height": height, "width": width, "frames": frames, **tokens},
+        "flops_per_sample": fl,
+        "attention_fraction": fl["attention"] / fl["total"],
+    }
+
+
+def memory_per_gpu(name: str, seq_len: int, text_len: int, world: int, dp_replicate: int,
+                   cp: int, tp: int, ac: str, gpu_mem_gb: float = 80.0,
+                   headroom: float = 0.9) -> dict:
+    """The same figures as benchmarks/plan.py for one layout: the real ``parallelize`` on a
+    fake process group of ``world`` ranks, state from the sharded tensors, activations
+    from parallel/memory_model.py (GB = 1e9 bytes)."""
+    if world % (dp_replicate * cp * tp):
+        raise SystemExit(f"--world {world} is not divisible by dp_replicate x cp x tp "
+                         f"= {dp_replicate * cp * tp}")
+    args = model_args_for(name)
+    with fake_world(world):
+        try:
+            dims = layout_dims(world, tp, cp, dp_replicate)
+            dims.validate_model(args.n_heads, args.ffn_dim)
+        except LayoutError as e:
+            raise SystemExit(f"--tp/--cp/--world: {e}") from None
+        static = sharded_state_bytes(sharded_model(args, dims, dims.build_mesh("cpu"), ac),
+                                     args.n_layers)
+    out = {"layout": {"world": world, "dp_replicate": dp_replicate,
+                      "dp_shard": dims.dp_shard, "cp": cp, "tp": tp, "ac": ac},
+           **layout_memory(static, args, dims, seq_len, text_len, ac)}
+    out[f"fits_{gpu_mem_gb:g}gb"] = out["total_gb"] < headroom * gpu_mem_gb
+    return out
