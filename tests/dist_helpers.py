@@ -165,18 +165,16 @@ def run_reference(args, state):
 
 
 def run_parallel(args, state, layout: dict, ac: str = "none"):
-    from types import SimpleNamespace
-
+    from moviegen.config import ParallelConfig
     from moviegen.models.transformer import MovieGenTransformer
     from parallel.parallel_dims import ParallelDims
     from parallel.parallelize import clip_grad_norm_, parallelize
     from parallel.state import canonical_name, load_full_state_dict
     from torch.distributed.tensor import DTensor
 
-    cfg = SimpleNamespace(dp_replicate=layout.get("dp_replicate", 1),
-                          dp_shard=layout.get("dp_shard", 1), cp=layout.get("cp", 1),
-                          tp=layout.get("tp", 1), ac=ac, compile=False, param_dtype="fp32",
-                          reduce_dtype="fp32", reshard_after_forward=True)
+    cfg = ParallelConfig(dp_replicate=layout.get("dp_replicate", 1),
+                         dp_shard=layout.get("dp_shard", 1), cp=layout.get("cp", 1),
+                         tp=layout.get("tp", 1), ac=ac, param_dtype="fp32")
     world = torch.distributed.get_world_size()
     dims = ParallelDims.from_config(cfg, world)
     mesh = dims.build_mesh("cpu")
