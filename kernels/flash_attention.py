@@ -1,5 +1,9 @@
 """Flash attention (non-causal) with an optional key padding mask, forward and backward.
 
+(One file of ~590 lines on purpose: the forward, the TMA forward and the backward kernels
+share their masking and online-softmax helpers, and the four layers - kernels, launchers,
+torch.library ops, autograd Function - stay together as for every kernel here.)
+
 Shapes (legend): B batch, H heads, S query tokens, L key tokens (S != L is allowed:
 context parallel attends local queries to gathered K/V, cross-attention attends to text),
 E head dim (a power of two, 16..128). q_BHSE, k_BHLE, v_BHLE; key_padding_mask_BL is

@@ -1,6 +1,9 @@
 """Temporal autoencoder (TAE): Movie Gen's 2.5D video VAE, its outlier penalty loss and tiled
 inference.
 
+(One file of ~570 lines on purpose, like the transformer's: the whole autoencoder reads top
+to bottom, config -> layers -> encoder/decoder -> tiling -> losses -> save/load.)
+
     tae = TAE(TAEConfig(preset="tiny"))         # or load_tae("runs/tae/tae.safetensors")
     z_BCthw = tae.encode(video_BCTHW)           # video in [-1, 1]
     video_BCTHW = tae.decode(z_BCthw, num_frames=T)
