@@ -242,15 +242,12 @@ def read_yaml(path: str) -> dict:
     return loaded or {}
 
 
-def load_config(path: str | None, overrides: list[str] | None = None, cls: type | None = None,
+def load_config(path: str | None, overrides: list[str] | None, cls: type,
                 validate: bool = True) -> Any:
     """Defaults < YAML file < command-line overrides; then every section's ``validate``.
 
     An error names its source: ``FILE: key: why`` for a value from the file (or a rule
     between values), ``command line: --key: why`` for a value given on the command line."""
-    if cls is None:
-        from moviegen.config.job import JobConfig
-        cls = JobConfig
     tree = read_yaml(path) if path is not None else {}
     cli = parse_overrides(overrides or [], cls)
     cli_keys = _dotted_keys(cli)
@@ -291,11 +288,8 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def describe(cls: type | None = None, prefix: str = "") -> list[str]:
+def describe(cls: type, prefix: str = "") -> list[str]:
     """One line per field: --dotted.key (default): docstring."""
-    if cls is None:
-        from moviegen.config.job import JobConfig
-        cls = JobConfig
     lines = []
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)

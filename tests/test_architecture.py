@@ -1,0 +1,142 @@
+"""The code's layout rules, checked on the source (every import counts, function-local
+ones too): no import cycle among moviegen, parallel and kernels; parallel/ and kernels/
+know nothing of moviegen (plans are applied from outside); test-only code lives under
+tests/; no file cites a document outside the repository; no class name is defined twice."""
+import ast
+import os
+import re
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("moviegen", "parallel", "kernels")
+
+
+def _modules() -> dict[str, str]:
+    out = {}
+    for pkg in PACKAGES:
+        for d, _, files in os.walk(os.path.join(ROOT, pkg)):
+            for f in files:
+                if f.endswith(".py"):
+                    path = os.path.join(d, f)
+                    mod = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                    out[mod.removesuffix(".__init__")] = path
+    return out
+
+
+def _imports(path: str, module: str, modules: dict) -> set[str]:
+    """Project modules ``module`` imports (a ``from pkg import name`` that names a module
+    counts as that module)."""
+    tree = ast.parse(open(path).read())
+    is_pkg = path.endswith("__init__.py")
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                parts = module.split(".")
+                parts = parts if is_pkg else parts[:-1]
+                parts = parts[:len(parts) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                     for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                out.add(name)
+    return out
+
+
+def _graph():
+    modules = _modules()
+    return {m: _imports(p, m, modules) for m, p in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    # a package's __init__ re-exporting its submodules is not a cycle of logic: drop the
+    # package -> own-submodule edges, keep everything else
+    pruned = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
+    assert _cycles(pruned) == []
+
+
+def test_parallel_and_kernels_know_nothing_of_moviegen():
+    graph = _graph()
+    bad = {m: sorted(d for d in deps if d.split(".")[0] == "moviegen")
+           for m, deps in graph.items() if m.split(".")[0] in ("parallel", "kernels")}
+    assert {m: d for m, d in bad.items() if d} == {}
+    kernels_on_parallel = {m: sorted(d for d in deps if d.startswith("parallel"))
+                           for m, deps in graph.items() if m.startswith("kernels")}
+    assert {m: d for m, d in kernels_on_parallel.items() if d} == {}
+
+
+def test_no_test_only_modules_in_the_packages():
+    assert [m for m in _modules() if m.split(".")[-1] in ("testing", "test_utils")] == []
+
+
+def test_no_citations_of_documents_outside_the_repository():
+    pattern = re.compile(r"design\.md|style\.md|\bIssue[- ]?[0-9]|\bissue #?[0-9]")
+    hits = []
+    for d in (*PACKAGES, "benchmarks", "launch", "scripts", "tests"):
+        for base, _, files in os.walk(os.path.join(ROOT, d)):
+            for f in files:
+                if f.endswith((".py", ".md", ".yaml", ".sh", ".sbatch")):
+                    path = os.path.join(base, f)
+                    for i, line in enumerate(open(path, errors="replace"), 1):
+                        if pattern.search(line) and "pattern = re.compile" not in line:
+                            hits.append(f"{os.path.relpath(path, ROOT)}:{i}")
+    assert hits == []
+
+
+def test_no_class_name_defined_twice():
+    where = defaultdict(list)
+    for mod, path in _modules().items():
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ClassDef):
+                where[node.name].append(mod)
+    assert {k: v for k, v in where.items() if len(v) > 1} == {}
+
+
+def test_source_files_over_500_lines_say_why():
+    long = []
+    for mod, path in _modules().items():
+        text = open(path).read()
+        if text.count("\n") > 520 and "on purpose" not in text[:1500]:
+            long.append(mod)
+    assert long == []
