@@ -164,25 +164,35 @@ def run_reference(args, state):
     return losses, grads, {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def run_parallel(args, state, layout: dict, ac: str = "none"):
-    from moviegen.config import ParallelConfig
+def sharded_copy(args, state: dict, parallel_cfg):
+    """The model of ``args`` built on the meta device, parallelized with ``parallel_cfg`` on
+    this process group (CPU), holding the whole-tensor ``state``: (model, par, dims)."""
     from moviegen.models.transformer import MovieGenTransformer
     from parallel.parallel_dims import ParallelDims
-    from parallel.parallelize import clip_grad_norm_, parallelize
-    from parallel.state import canonical_name, load_full_state_dict
+    from parallel.parallelize import parallelize
+    from parallel.state import load_full_state_dict
+
+    dims = ParallelDims.from_config(parallel_cfg, torch.distributed.get_world_size())
+    mesh = dims.build_mesh("cpu")
+    with torch.device("meta"):
+        model = MovieGenTransformer(args)
+    par = parallelize(model, dims, mesh, parallel_cfg, device_type="cpu")
+    model.to_empty(device="cpu")
+    load_full_state_dict(model, state)
+    return model, par, dims
+
+
+def run_parallel(args, state, layout: dict, ac: str = "none"):
     from torch.distributed.tensor import DTensor
+
+    from moviegen.config import ParallelConfig
+    from parallel.parallelize import clip_grad_norm_
+    from parallel.state import canonical_name
 
     cfg = ParallelConfig(dp_replicate=layout.get("dp_replicate", 1),
                          dp_shard=layout.get("dp_shard", 1), cp=layout.get("cp", 1),
                          tp=layout.get("tp", 1), ac=ac, param_dtype="fp32")
-    world = torch.distributed.get_world_size()
-    dims = ParallelDims.from_config(cfg, world)
-    mesh = dims.build_mesh("cpu")
-    with torch.device("meta"):
-        model = MovieGenTransformer(args)
-    par = parallelize(model, dims, mesh, cfg, device_type="cpu")
-    model.to_empty(device="cpu")
-    load_full_state_dict(model, state)
+    model, par, dims = sharded_copy(args, state, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
     dp_rank, dp = par.dp_rank, dims.dp
     losses, grads = [], []

@@ -4,7 +4,6 @@ MemTracker and returning the loss and every gradient (full tensors) for comparis
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import torch
 
@@ -50,11 +49,11 @@ def step_per_mode(rank: int, world_size: int, modes: list[tuple[str, int]], layo
     from torch.distributed._tools.mem_tracker import MemTracker
     from torch.distributed.tensor import DTensor
 
+    from dist_helpers import sharded_copy
+    from moviegen.config import ParallelConfig
     from moviegen.flow import flow_matching_loss
     from moviegen.models.transformer import MovieGenTransformer
-    from parallel.parallel_dims import ParallelDims
-    from parallel.state import canonical_name, load_full_state_dict
-    from parallel.parallelize import parallelize
+    from parallel.state import canonical_name
 
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
@@ -72,17 +71,9 @@ def step_per_mode(rank: int, world_size: int, modes: list[tuple[str, int]], layo
         x, t, target, emb, mask = _batch()
         out = []
         for ac, full_blocks in modes:
-            cfg = SimpleNamespace(dp_replicate=1, dp_shard=1, cp=layout["cp"], tp=layout["tp"],
-                                  ac=ac, ac_full_blocks=full_blocks, compile=False,
-                                  param_dtype="fp32", reduce_dtype="fp32",
-                                  reshard_after_forward=True)
-            dims = ParallelDims.from_config(cfg, world_size)
-            mesh = dims.build_mesh("cpu")
-            with torch.device("meta"):
-                model = MovieGenTransformer(args)
-            par = parallelize(model, dims, mesh, cfg, device_type="cpu")
-            model.to_empty(device="cpu")
-            load_full_state_dict(model, state)
+            cfg = ParallelConfig(dp_shard=1, cp=layout["cp"], tp=layout["tp"], ac=ac,
+                                 ac_full_blocks=full_blocks, param_dtype="fp32")
+            model, par, dims = sharded_copy(args, state, cfg)
             tracker = MemTracker()
             tracker.track_external(model)
             with tracker:
