@@ -24,7 +24,8 @@ import torch
 # --------------------------------------------------------------------------- spawning
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (rendezvous, test daemons)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -50,7 +51,7 @@ def spawn(fn, world_size: int, timeout_s: float, *args) -> list:
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     tmp = tempfile.mkdtemp(prefix="moviegen-spawn-")
     paths = [os.path.join(tmp, f"rank{r}.pkl") for r in range(world_size)]
     procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, paths[r], args))

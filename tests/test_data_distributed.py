@@ -2,28 +2,18 @@
 import hashlib
 import json
 import os
-import socket
-import time
 
 import pytest
-import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from data_helpers import synthetic_dataset, tiny_config
+from dist_helpers import spawn
 
 WORLD, TP, STEPS = 4, 2, 5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, manifest: str, out_dir: str):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def _worker(rank: int, world: int, manifest: str, out_dir: str):
+    dist.init_process_group("gloo")
     try:
         from moviegen.data import build_video_loader
 
@@ -48,14 +38,7 @@ def _worker(rank: int, port: int, manifest: str, out_dir: str):
 @pytest.mark.timeout(180)
 def test_tp_peers_identical_dp_ranks_disjoint(tmp_path):
     manifest = synthetic_dataset()
-    ctx = mp.spawn(_worker, args=(_free_port(), manifest, str(tmp_path)), nprocs=WORLD,
-                   join=False)
-    deadline = time.time() + 150
-    while not ctx.join(timeout=5):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("gloo workers did not finish in 150 s")
+    spawn(_worker, WORLD, 150, manifest, str(tmp_path))
     with open(tmp_path / "batches.json") as f:
         got = json.load(f)
     for step in range(STEPS):

@@ -13,12 +13,14 @@ Debian's slurm-wlm) or the test does not run as root (slurmd must).
 import json
 import os
 import shutil
-import signal
 import socket
+import signal
 import subprocess
 import time
 
 import pytest
+
+from dist_helpers import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEEDED = ("slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "squeue")
@@ -28,12 +30,6 @@ pytestmark = [
                        f"missing): run scripts/install_slurm.sh"),
     pytest.mark.skipif(os.geteuid() != 0, reason="slurmd of the local test cluster runs as root"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _plugin_dir() -> str:
@@ -53,8 +49,8 @@ def cluster(tmp_path):
     conf = d / "slurm.conf"
     conf.write_text(f"""ClusterName=moviegentest
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 AuthType=auth/none
 CredType=cred/none
 AuthInfo=cred_expire=5
@@ -132,7 +128,7 @@ def test_sbatch_preempt_requeue_resume(cluster, tmp_path):
     run_dir = str(tmp_path / "run")
     steps = 40
     nproc = "2"  # two ranks: torchrun forwards SIGUSR1 to both, they must agree
-    env = dict(env, NPROC_PER_NODE=nproc, RDZV_PORT=str(_free_port()), MAX_RESTARTS="0")
+    env = dict(env, NPROC_PER_NODE=nproc, RDZV_PORT=str(free_port()), MAX_RESTARTS="0")
     jid = subprocess.run(
         ["sbatch", "--parsable", f"--chdir={d}", "--time=10",
          os.path.join(ROOT, "launch", "slurm", "train.sbatch"),
