@@ -6,7 +6,9 @@ Graph (video):  encoded bytes --decoders.video(frames=...)--> [T, H, W, 3] uint8
 Images use decoders.image and layout CHW. Every per-sample quantity (frame indices,
 resize size, crop corner and size) is a pipeline input, so the same two pipelines serve
 all buckets. On CUDA the decoders run 'mixed' (NVDEC: H.264/HEVC/AV1/VP9/...); on CPU,
-DALI decodes VP8/VP9/MJPEG only, and other codecs fail like any broken file.
+DALI decodes VP8/VP9/MJPEG only: rows whose manifest codec is something else (H.264,
+HEVC, MPEG-2, ...) are decoded by the CPU decoder (PyAV) in the same batch, and a file
+DALI fails on is retried there before it is skipped.
 
 A DALI pipeline is unusable after an operator error, so a failed batch is re-run one
 sample at a time on fresh pipelines to find the bad files; those are reported with
@@ -17,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from moviegen.data.decode import BatchSpec, DecodeError, SampleSpec, check_file
+from moviegen.data.decode import (DALI_CPU_CODECS, DALI_GPU_CODECS, BatchSpec, DecodeError,
+                                  SampleSpec, check_file, decode_sample_pyav)
 
 _SCALARS = ("resize_x", "resize_y", "crop_x", "crop_y", "crop_h", "crop_w")
 
@@ -132,39 +135,64 @@ class DaliDecoder:
         feed_ndarray(dense, t, cuda_stream=torch.cuda.current_stream(self.device_id))
         return t
 
+    def _dali_reads(self, s: SampleSpec) -> bool:
+        """Whether DALI on this device reads the sample's codec ("" unknown: try it)."""
+        if s.kind == "video" and s.frame_times is not None:
+            return False  # DALI picks frames by index; a VFR clip needs timestamps
+        if s.kind != "video" or not s.codec:
+            return True
+        return s.codec in (DALI_CPU_CODECS if self.device_id is None else DALI_GPU_CODECS)
+
+    def _cpu_decode(self, s: SampleSpec, hw, dali_reason: str | None = None) -> torch.Tensor:
+        """The CPU decoder for what DALI does not read here; its failure is the reason."""
+        try:
+            t = decode_sample_pyav(s, hw)
+        except DecodeError as e:
+            raise DecodeError(f"{e}" + (f" (and {dali_reason})" if dali_reason else "")) from None
+        return t if self.device_id is None else t.to(f"cuda:{self.device_id}")
+
     def decode_batch(self, spec: BatchSpec) -> dict:
-        """Same contract as decode.decode_batch_pyav."""
+        """Same contract as decode.decode_batch_pyav. Samples whose codec DALI does not
+        decode on this device (CPU: only VP8/VP9/MJPEG) go to the CPU decoder (PyAV); a
+        sample DALI fails on is retried there, and a skip reports the CPU decoder's
+        reason."""
         b = spec.bucket
         hw = (b.height, b.width)
         skipped, good, encoded = [], [], []
+        parts: dict[int, torch.Tensor] = {}
         for i, s in enumerate(spec.samples):
             try:
                 if s.path in self._known_bad:
                     raise DecodeError(self._known_bad[s.path])
                 check_file(s.path)
+                if not self._dali_reads(s):
+                    parts[i] = self._cpu_decode(s, hw)
+                    continue
                 encoded.append(np.fromfile(s.path, dtype=np.uint8))
                 good.append(i)
             except (DecodeError, OSError) as e:
                 skipped.append((i, str(e)))
-        kept, video = [], None
         if good:
             samples = [spec.samples[i] for i in good]
             try:
                 video = self._run(b.kind, self._inputs(samples, encoded, hw))
-                kept = good
+                parts.update(zip(good, video))
             except Exception:
-                parts = []
                 for i, s, enc in zip(good, samples, encoded):
                     try:
-                        parts.append(self._run(b.kind, self._inputs([s], [enc], hw)))
-                        kept.append(i)
-                    except Exception as e:  # noqa: BLE001 - any DALI failure is this file's
-                        self._known_bad[s.path] = _dali_reason(e)
-                        skipped.append((i, self._known_bad[s.path]))
-                video = torch.cat(parts) if parts else None
-        if video is not None and b.kind == "image":
-            video = video.unsqueeze(2)  # [B, 3, H, W] -> [B, 3, 1, H, W]
-        if video is None:
+                        parts[i] = self._run(b.kind, self._inputs([s], [enc], hw))[0]
+                    except Exception as e:  # noqa: BLE001 - DALI failed on this file
+                        try:
+                            parts[i] = self._cpu_decode(s, hw, _dali_reason(e))
+                        except DecodeError as err:
+                            self._known_bad[s.path] = str(err)
+                            skipped.append((i, self._known_bad[s.path]))
+        kept = sorted(parts)
+        if kept:
+            video = torch.stack([parts[i] for i in kept])
+            if b.kind == "image" and video.dim() == 4:
+                video = video.unsqueeze(2)  # [B, 3, H, W] -> [B, 3, 1, H, W]
+        else:
             video = torch.zeros((0, 3, b.frames, *hw), dtype=torch.float32)
         skipped.sort()
         return {"epoch": spec.epoch, "index": spec.index, "video": video, "kept": kept,

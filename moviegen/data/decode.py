@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from moviegen.data.buckets import Bucket
 from moviegen.data.manifest import Manifest
 
-# Codecs the DALI CPU decoder handles; the GPU ('mixed') one adds H.264/HEVC/AV1/MPEG-4.
+# Codecs the DALI CPU decoder handles; the GPU ('mixed', NVDEC) one handles these.
 DALI_CPU_CODECS = ("vp8", "vp9", "mjpeg")
+DALI_GPU_CODECS = ("h264", "hevc", "av1", "vp8", "vp9", "mjpeg", "mpeg4")
 
 
 class DecodeError(RuntimeError):
@@ -43,6 +44,8 @@ class SampleSpec:
     resize_hw: tuple[int, int]     # size after resize, covers the bucket size
     crop_yx: tuple[int, int]       # top-left corner of the crop in the resized frame
     fps_used: float                # sampling rate (0 for images)
+    codec: str = ""                # as probed into the manifest ("" unknown)
+    frame_times: np.ndarray | None = None  # float64 [T] seconds: pick by timestamp (VFR)
 
 
 @dataclass
@@ -68,16 +71,23 @@ def sample_spec(m: Manifest, row: int, bucket: Bucket, target_fps: float,
         cx = min(dx, int(math.floor(u[2] * (dx + 1))))
     if bucket.kind == "image":
         return SampleSpec(row, m.resolve(row), "image", np.zeros(0, np.int64), (rh, rw),
-                          (cy, cx), 0.0)
+                          (cy, cx), 0.0, m.codecs[row])
     src_fps, n_src = float(m.fps[row]), int(m.frames[row])
     fps_used = min(target_fps, src_fps)
+    if m.vfr[row]:  # evenly timed frames from the presentation timestamps
+        span = (bucket.frames - 1) / fps_used
+        slack = max(0.0, float(m.duration[row]) - span - 1.0 / src_fps)
+        start_s = slack / 2 if centre else float(u[0]) * slack
+        times = start_s + np.arange(bucket.frames) / fps_used
+        return SampleSpec(row, m.resolve(row), "video", np.floor(times * src_fps).astype(
+            np.int64), (rh, rw), (cy, cx), fps_used, m.codecs[row], times)
     step = src_fps / fps_used
     k = np.arange(bucket.frames)
     offsets = np.floor(k * step + 1e-6).astype(np.int64)
     max_start = max(0, n_src - int(offsets[-1]) - 1)
     start = max_start // 2 if centre else min(max_start, int(math.floor(u[0] * (max_start + 1))))
     return SampleSpec(row, m.resolve(row), "video", start + offsets, (rh, rw), (cy, cx),
-                      fps_used)
+                      fps_used, m.codecs[row])
 
 
 # ----------------------------------------------------------------------------- PyAV
@@ -96,11 +106,16 @@ def check_file(path: str) -> None:
         raise DecodeError("zero-byte file")
 
 
-def decode_video_pyav(path: str, indices: np.ndarray, codecs=None) -> np.ndarray:
-    """uint8 [T, H, W, 3] frames `indices` (decode order = presentation order)."""
+def decode_video_pyav(path: str, indices: np.ndarray, codecs=None,
+                     times: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [T, H, W, 3] frames `indices` (decode order = presentation order), or with
+    ``times`` the frame shown at each time (the last frame whose timestamp, counted from
+    the first frame's, is not after it: what a player shows)."""
     import av
 
     check_file(path)
+    if times is not None:
+        return _decode_by_time(path, np.asarray(times, np.float64), codecs)
     wanted = {int(i) for i in indices}
     last = max(wanted)
     got: dict[int, np.ndarray] = {}
@@ -133,6 +148,42 @@ def decode_video_pyav(path: str, indices: np.ndarray, codecs=None) -> np.ndarray
     return np.stack([got[int(i)] for i in indices])
 
 
+def _decode_by_time(path: str, times: np.ndarray, codecs=None) -> np.ndarray:
+    import av
+
+    shown: list[np.ndarray | None] = [None] * len(times)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise DecodeError("no video stream")
+            stream = container.streams.video[0]
+            if codecs is not None and stream.codec_context.name not in codecs:
+                raise DecodeError(f"codec {stream.codec_context.name!r} not in accepted "
+                                  f"codecs {list(codecs)}")
+            stream.codec_context.thread_count = 1
+            interp, t0, k = _rgb_interpolation(), None, 0
+            for frame in container.decode(stream):
+                if frame.time is None:
+                    continue
+                t0 = frame.time if t0 is None else t0
+                t = frame.time - t0
+                while k < len(times) and times[k] < t - 1e-6:
+                    k += 1  # times before this frame were shown by the previous frame
+                if k >= len(times):
+                    break
+                img = frame.to_ndarray(format="rgb24", interpolation=interp)
+                for j in range(k, len(times)):  # this frame is shown until the next one
+                    if times[j] >= t - 1e-6:
+                        shown[j] = img
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise DecodeError(f"{type(e).__name__}: {e}") from None
+    if any(f is None for f in shown):
+        raise DecodeError(f"truncated: no frame shown at {times[-1]:.3f} s")
+    return np.stack(shown)
+
+
 def decode_image_pil(path: str) -> np.ndarray:
     """uint8 [1, H, W, 3]."""
     from PIL import Image
@@ -158,17 +209,22 @@ def resize_crop_normalize(frames_THWC: np.ndarray, resize_hw, crop_yx, out_hw) -
     return (x.permute(1, 0, 2, 3) - 127.5) / 127.5
 
 
+def decode_sample_pyav(s: SampleSpec, hw, codecs=None) -> torch.Tensor:
+    """One sample as float32 [3, T, h, w] in [-1, 1]; raises DecodeError with the reason."""
+    if s.kind == "video":
+        frames = decode_video_pyav(s.path, s.frame_indices, codecs, s.frame_times)
+    else:
+        frames = decode_image_pil(s.path)
+    return resize_crop_normalize(frames, s.resize_hw, s.crop_yx, hw)
+
+
 def decode_batch_pyav(spec: BatchSpec, codecs=None) -> dict:
     """Decodes one BatchSpec; failed samples are reported, not raised."""
     out, kept, skipped = [], [], []
     hw = (spec.bucket.height, spec.bucket.width)
     for i, s in enumerate(spec.samples):
         try:
-            if s.kind == "video":
-                frames = decode_video_pyav(s.path, s.frame_indices, codecs)
-            else:
-                frames = decode_image_pil(s.path)
-            out.append(resize_crop_normalize(frames, s.resize_hw, s.crop_yx, hw))
+            out.append(decode_sample_pyav(s, hw, codecs))
             kept.append(i)
         except DecodeError as e:
             skipped.append((i, str(e)))

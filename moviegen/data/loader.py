@@ -52,6 +52,16 @@ def pick_decoder(requested: str) -> str:
     return "pyav"
 
 
+def _ignore_preemption_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM/SIGUSR1: SLURM and Kubernetes signal the whole
+    process group, and the main process owns preemption (it finishes the step, saves,
+    then shuts the workers down). A worker killed by the signal would fail that save."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class _Identity:
     def __call__(self, x):
         return x
@@ -240,6 +250,7 @@ class VideoLoader:
             dl = torch.utils.data.DataLoader(
                 _SpecDataset(self.codecs), batch_size=None, sampler=_IterableSpecs(specs),
                 num_workers=nw, collate_fn=_Identity(),
+                worker_init_fn=_ignore_preemption_signals if nw > 0 else None,
                 # its own generator: starting an iterator (again after a resume) must not
                 # draw from the global RNG the training step uses
                 generator=torch.Generator().manual_seed(self.seed),
@@ -395,6 +406,16 @@ def build_video_loader(cfg: VideoDataConfig, *, dp_rank: int, dp_size: int, seed
                              "(python -m moviegen.data.synthetic --output_dir DIR ...)")
         manifest = load_manifest(path)
     backend = pick_decoder(cfg.backend)
+    if cfg.backend == "auto" and backend == "dali" and torch.device(device).type == "cpu":
+        # DALI's CPU decoder reads VP8/VP9/MJPEG only; rows of other codecs would all go
+        # through its single-threaded CPU fallback: let PyAV's workers decode such a set
+        from moviegen.data.decode import DALI_CPU_CODECS
+
+        known = [c for c, img in zip(manifest.codecs, manifest.is_image) if c and not img]
+        if known and sum(c in DALI_CPU_CODECS for c in known) < len(known) / 2:
+            backend = "pyav"
+            logger.info("moviegen.data: most videos are not VP8/VP9/MJPEG (DALI's CPU "
+                        "codecs): decoding with PyAV")
     logger.info("moviegen.data: decoding with %s", backend)
     return VideoLoader(cfg, manifest, dp_rank=dp_rank, dp_size=dp_size, seed=seed, split=split,
                        device=device, backend=backend, codecs=codecs)

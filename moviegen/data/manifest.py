@@ -11,6 +11,9 @@ Row fields (``python -m moviegen.data.prepare`` writes them; the loader reads th
     frames    int    number of frames              (videos only)
     duration  number seconds                        (videos only; frames / fps)
     split     str    "train" or "val" (optional, default "train")
+    vfr       bool   variable frame rate (optional): frames are then picked by timestamp
+    codec     str    video codec as probed ("h264", "vp9", "mpeg2video", ...; optional): each
+                     row goes to a decoder that reads it on this device
     bucket    str    informational; the loader re-assigns buckets from its own config
 
 Loading is columnar: one ``json.loads`` over the whole file and numpy columns, so a
@@ -27,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-VIDEO_EXTS = (".webm", ".mkv", ".mp4", ".mov", ".avi", ".m4v")
+VIDEO_EXTS = (".webm", ".mkv", ".mp4", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".m2v",
+              ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".3gp", ".ogv")
 _NUMERIC = {"width": int, "height": int, "fps": float, "frames": int, "duration": float}
 _VIDEO_ONLY = ("fps", "frames", "duration")
 
@@ -125,6 +129,14 @@ class Manifest:
     frames: np.ndarray     # int64 [N] (1 for images)
     duration: np.ndarray   # float64 [N] (0 for images)
     is_val: np.ndarray     # bool [N]
+    codecs: list = None    # str per row ("" when not probed)
+    vfr: np.ndarray = None  # bool [N]: variable frame rate (frames picked by timestamp)
+
+    def __post_init__(self):
+        if self.codecs is None:
+            self.codecs = [""] * len(self.paths)
+        if self.vfr is None:
+            self.vfr = np.zeros(len(self.paths), bool)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -188,7 +200,14 @@ def _fast_columns(lines: list[str]) -> dict | None:
         full[~is_image] = col
         cols[name] = full
     cols["frames"][is_image] = 1
-    return dict(paths=paths, captions=captions, is_image=is_image, is_val=is_val, **cols)
+    codecs = [r.get("codec") or "" for r in rows]
+    if not all(type(c) is str for c in codecs):
+        return None
+    vfr = np.asarray([r.get("vfr", False) for r in rows])
+    if vfr.dtype != bool:
+        return None
+    return dict(paths=paths, captions=captions, is_image=is_image, is_val=is_val,
+                codecs=codecs, vfr=vfr, **cols)
 
 
 def _columns_from_rows(rows: list[dict]) -> dict:
@@ -202,4 +221,6 @@ def _columns_from_rows(rows: list[dict]) -> dict:
         is_image=is_image, width=get("width", 0, np.int64), height=get("height", 0, np.int64),
         fps=get("fps", 0.0, np.float64), frames=frames,
         duration=get("duration", 0.0, np.float64),
-        is_val=np.array([r["split"] == "val" for r in rows], bool))
+        is_val=np.array([r["split"] == "val" for r in rows], bool),
+        codecs=[str(r.get("codec") or "") for r in rows],
+        vfr=np.array([bool(r.get("vfr", False)) for r in rows], bool))

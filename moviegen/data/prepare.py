@@ -6,18 +6,22 @@
     python -m moviegen.data.prepare --input DIR --output m.jsonl --min_duration 4 \\
         --max_duration 16 --min_side 256 --workers 8
 
---input is a folder (every video/image in it, captions from a .txt beside each file) or a
-.jsonl whose rows have at least "path" and "caption" (optional "split"). Each file is
-probed with PyAV (codec, size, fps, frame count) or PIL (images). A malformed input row
-stops the run with its line number and field; a missing or unreadable file is reported
-and left out; rows failing the filter (shorter side, duration range, too short for the
-shortest bucket) are counted per reason. The summary is printed as JSON.
+--input is a folder (every video/image in it: .mp4, .mkv, .webm, .mov, .avi, .mpg, .ts,
+...; captions from a .txt or .json beside each file) or a .jsonl whose rows have at least
+"path" and "caption" (optional "split"). Each file is probed with PyAV (codec, container,
+pixel format, rotation, size, frame count and duration from presentation timestamps, so
+variable-frame-rate clips get their true length) or PIL (images). ``--val_fraction 0.25``
+marks a stable quarter of the files "val" (a hash of the path). A malformed input row
+stops the run with its line number and field; a missing or unreadable file, a caption
+that is not UTF-8 (file and byte offset) and every filtered row are named with the
+reason in ``<output>.report.json`` beside the manifest. The summary is printed as JSON.
 
 The filter and buckets come from the preset (default: the tiny VideoDataConfig, which
 keeps the 1-3 s synthetic clips) with the flags on top.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -58,13 +62,26 @@ def probe(path: str) -> dict:
         rate = s.average_rate or s.guessed_rate or s.base_rate
         if not rate:
             raise ValueError("unknown frame rate")
-        frames = sum(1 for pkt in c.demux(s) if pkt.size)
-        w, h, codec = s.codec_context.width, s.codec_context.height, s.codec_context.name
+        pts = sorted(float(pkt.pts * pkt.time_base) for pkt in c.demux(s)
+                     if pkt.size and pkt.pts is not None)
+        ctx = s.codec_context
+        w, h, codec, pix_fmt = ctx.width, ctx.height, ctx.name, ctx.pix_fmt
+        container = c.format.name.split(",")[0]
+        rotation = int(s.metadata.get("rotate", 0) or 0)
+    frames = len(pts)
     if frames == 0 or not w or not h:
         raise ValueError(f"no decodable frames (frames={frames}, size={w}x{h})")
     fps = float(rate)
-    return {"type": "video", "codec": codec, "width": int(w), "height": int(h),
-            "fps": round(fps, 6), "frames": int(frames), "duration": round(frames / fps, 6)}
+    # Duration from presentation timestamps (a variable-frame-rate clip's frames / average
+    # rate is wrong); fps is then frames per second of that span
+    steps = np.diff(pts)
+    span = pts[-1] - pts[0] + (float(np.median(steps)) if len(steps) else 1.0 / fps)
+    vfr = bool(len(steps) > 1 and steps.max() > 1.5 * max(steps.min(), 1e-9))
+    if vfr:
+        fps = frames / span
+    return {"type": "video", "codec": codec, "container": container, "pix_fmt": pix_fmt,
+            "rotation": rotation, "vfr": vfr, "width": int(w), "height": int(h),
+            "fps": round(fps, 6), "frames": int(frames), "duration": round(span, 6)}
 
 
 def _probe_job(args):
@@ -96,35 +113,73 @@ def read_input_rows(path: str) -> list[dict]:
     return out
 
 
+def read_caption(media_path: str) -> str | None:
+    """The caption beside a media file: ``<stem>.txt`` (the whole text) or ``<stem>.json``
+    (its "caption" field); None when there is neither. A file that is not UTF-8 raises
+    ValueError naming the file and the byte offset."""
+    stem = os.path.splitext(media_path)[0]
+    for ext in (".txt", ".json"):
+        path = stem + ext
+        if not os.path.isfile(path):
+            continue
+        raw = open(path, "rb").read()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"caption {path} is not UTF-8 (byte {e.start}: "
+                             f"{raw[e.start:e.start + 1]!r}); re-encode it as UTF-8") from None
+        if ext == ".json":
+            try:
+                text = json.loads(text)["caption"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"caption {path}: expected a JSON object with a 'caption' "
+                                 f"string ({type(e).__name__})") from None
+            if not isinstance(text, str):
+                raise ValueError(f"caption {path}: 'caption' must be a string")
+        return " ".join(text.split())
+    return None
+
+
 def scan_dir(root: str, require_captions: bool = True
              ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Media files under `root` with captions from sidecar .txt files (without
-    ``require_captions``, a file with no sidecar gets an empty caption)."""
+    """Media files under `root` with captions from sidecar .txt/.json files (without
+    ``require_captions``, a file with no sidecar gets an empty caption). Files that are
+    left out are returned with the reason."""
     rows, problems = [], []
     for d, _, files in os.walk(root):
         for name in sorted(files):
             if os.path.splitext(name)[1].lower() not in VIDEO_EXTS + IMAGE_EXTS:
                 continue
             p = os.path.join(d, name)
-            txt = os.path.splitext(p)[0] + ".txt"
-            if not require_captions and not os.path.isfile(txt):
-                rows.append({"abs": p, "caption": "", "split": "train"})
+            try:
+                caption = read_caption(p)
+            except ValueError as e:
+                problems.append((p, str(e)))
                 continue
-            if not os.path.isfile(txt):
-                problems.append((p, "no caption (.txt beside the file)"))
+            if caption is None and require_captions:
+                problems.append((p, "no caption (.txt or .json beside the file)"))
                 continue
-            with open(txt, encoding="utf-8") as f:
-                caption = " ".join(f.read().split())
-            if not caption:
+            if require_captions and not caption:
                 problems.append((p, "empty caption"))
                 continue
-            rows.append({"abs": p, "caption": caption, "split": "train"})
+            rows.append({"abs": p, "caption": caption or "", "split": "train"})
     rows.sort(key=lambda r: r["abs"])
     return rows, problems
 
 
+def val_split(rel_path: str, val_fraction: float) -> str:
+    """"val" for a stable ``val_fraction`` of paths (a hash of the path, not the order):
+    adding files never moves an existing one between splits."""
+    if val_fraction <= 0:
+        return "train"
+    h = int.from_bytes(hashlib.sha1(rel_path.encode()).digest()[:8], "big") / 2**64
+    return "val" if h < val_fraction else "train"
+
+
 def prepare(input_path: str, output: str, cfg: VideoDataConfig, workers: int = 1,
-            require_captions: bool = True) -> dict:
+            require_captions: bool = True, val_fraction: float = 0.0) -> dict:
+    """Probes, filters and writes the manifest; a report beside it
+    (``<output>.report.json``) names every file left out and why."""
     if os.path.isdir(input_path):
         rows, unreadable = scan_dir(input_path, require_captions)
     else:
@@ -143,12 +198,15 @@ def prepare(input_path: str, output: str, cfg: VideoDataConfig, workers: int = 1
             unreadable.append((r["abs"], err))
             continue
         rel = os.path.relpath(r["abs"], out_dir)
+        split = r["split"]
+        if val_fraction > 0 and os.path.isdir(input_path):
+            split = val_split(os.path.relpath(r["abs"], input_path), val_fraction)
         probed.append({"path": rel if not rel.startswith("..") else r["abs"],
-                       "caption": r["caption"], **info, "split": r["split"]})
+                       "caption": r["caption"], **info, "split": split})
     for p, why in unreadable:
         print(f"prepare: left out {p}: {why}", file=sys.stderr)
 
-    kept, filtered = [], Counter()
+    kept, filtered, dropped = [], Counter(), []
     if probed:
         m = _to_manifest(probed, out_dir)
         buckets = make_buckets(cfg)
@@ -156,18 +214,30 @@ def prepare(input_path: str, output: str, cfg: VideoDataConfig, workers: int = 1
         for row, b, short, dur in zip(probed, ids, np.minimum(m.width, m.height), m.duration):
             if b >= 0:
                 kept.append({**row, "bucket": buckets[b].name})
-            elif short < cfg.min_side:
-                filtered[f"shorter side < {cfg.min_side}"] += 1
+                continue
+            if short < cfg.min_side:
+                why = f"shorter side < {cfg.min_side}"
             elif row["type"] == "image":
-                filtered["images disabled"] += 1
+                why = "images disabled"
             elif not cfg.min_duration_s <= dur <= cfg.max_duration_s:
-                filtered[f"duration outside {cfg.min_duration_s}-{cfg.max_duration_s} s"] += 1
+                why = f"duration outside {cfg.min_duration_s}-{cfg.max_duration_s} s"
             else:
-                filtered["too short for the shortest bucket / videos disabled"] += 1
+                why = "too short for the shortest bucket / videos disabled"
+            filtered[why] += 1
+            dropped.append([os.path.join(out_dir, row["path"]), why])
     write_rows(output, kept)
-    return {"output": output, "kept": len(kept), "unreadable": len(unreadable),
-            "unreadable_files": [list(x) for x in unreadable],
-            "filtered": dict(filtered), "buckets": dict(Counter(r["bucket"] for r in kept))}
+    summary = {"output": output, "kept": len(kept),
+               "val": sum(r["split"] == "val" for r in kept), "unreadable": len(unreadable),
+               "unreadable_files": [list(x) for x in unreadable],
+               "filtered": dict(filtered), "buckets": dict(Counter(r["bucket"] for r in kept)),
+               "report": report_path(output)}
+    with open(report_path(output), "w", encoding="utf-8") as f:
+        json.dump({**summary, "filtered_files": dropped}, f, indent=1, ensure_ascii=False)
+    return summary
+
+
+def report_path(manifest: str) -> str:
+    return os.path.splitext(manifest)[0] + ".report.json"
 
 
 def _to_manifest(rows: list[dict], root: str) -> Manifest:
@@ -201,12 +271,16 @@ class PrepareArgs:
     """Bucket durations in seconds."""
     workers: int = 1
     """Probe processes."""
+    val_fraction: float = 0.0
+    """Fraction of the files marked "val" (chosen by a hash of the path: stable when
+    files are added); 0 keeps the input's splits (all "train" for a folder)."""
 
     def validate(self) -> None:
         check(os.path.exists(self.input), "input", f"'{self.input}' does not exist")
         check(self.preset in PRESETS, "preset",
               f"'{self.preset}' is not one of {', '.join(sorted(PRESETS))}")
         check(self.workers >= 1, "workers", "must be >= 1")
+        check(0.0 <= self.val_fraction < 1.0, "val_fraction", "must be in [0, 1)")
 
 
 def main(argv=None) -> None:
@@ -219,7 +293,7 @@ def main(argv=None) -> None:
                 setattr(cfg, name, getattr(a, flag))
         try:
             cfg.validate()
-            summary = prepare(a.input, a.output, cfg, a.workers)
+            summary = prepare(a.input, a.output, cfg, a.workers, val_fraction=a.val_fraction)
         except (ManifestError, ValueError) as e:
             sys.exit(f"prepare: {e}")
         print(json.dumps(summary, indent=1))

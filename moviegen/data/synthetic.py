@@ -149,6 +149,7 @@ def generate(output_dir: str, num_videos: int, num_images: int = 0, seed: int = 
         caption = video_caption(color, shape, direction)
         rows.append({"path": rel, "caption": caption, "type": "video", "width": w,
                      "height": h, "fps": fps, "frames": n, "duration": round(n / fps, 6),
+                     "codec": "vp9",
                      "split": "val" if i < n_val else "train"})
     positions = list(POSITIONS)
     for j in range(num_images):

@@ -19,7 +19,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-_CODECS = {".mp4": ("libx264", "mpeg4"), ".webm": ("libvpx-vp9",), ".mkv": ("libx264", "libvpx-vp9")}
+_CODECS = {".mp4": ("libx264", "mpeg4"), ".webm": ("libvpx-vp9",), ".mkv": ("libx264", "libvpx-vp9"),
+           ".mpg": ("mpeg2video",), ".mov": ("libx264", "mpeg4"), ".avi": ("mpeg4",)}
 
 
 def to_uint8_frames(video_CTHW: torch.Tensor) -> np.ndarray:
