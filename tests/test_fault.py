@@ -131,3 +131,73 @@ def test_guard_counts_runs_not_totals():
     with pytest.raises(NonFiniteError, match="step 9"):
         g.record(8, True)
         g.record(9, True)
+
+
+def test_bad_output_dir_and_tae_channels_are_config_errors(tmp_path, capsys):
+    from moviegen.train import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for out, needle in ((blocker, "is a file, not a directory"),
+                        (blocker / "sub", "is a file, not a directory")):
+        with pytest.raises(SystemExit) as info:
+            main(["--config", os.path.join(os.path.dirname(__file__), "..", "launch",
+                                           "configs", "tiny.yaml"), f"--output_dir={out}"])
+        assert info.value.code == 2
+        assert needle in capsys.readouterr().err
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    os.chmod(readonly, 0o500)
+    try:
+        if not os.access(readonly, os.W_OK):  # root can write anywhere: nothing to test
+            with pytest.raises(SystemExit):
+                main(["--config", os.path.join(os.path.dirname(__file__), "..", "launch",
+                                               "configs", "tiny.yaml"),
+                      f"--output_dir={readonly / 'run'}"])
+            assert "is not writable" in capsys.readouterr().err
+    finally:
+        os.chmod(readonly, 0o700)
+
+
+def test_steps_zero_writes_nothing_and_stale_temporaries_are_cleaned(tmp_path):
+    d = tmp_path / "run"
+    Trainer(make_cfg(str(d), 0)).fit()
+    assert not d.exists() or not any(d.rglob("*.safetensors")), list(d.rglob("*"))
+    assert not (d / "final").exists()
+    # a save killed between its temporary pointer and the rename leaves these behind
+    root = d / "checkpoints"
+    (root / ".tmp-step_00000004").mkdir(parents=True)
+    (root / "latest.tmp.12345").write_text("step_00000004\n")
+    Trainer(make_cfg(str(d), 2))
+    assert sorted(os.listdir(root)) == []
+
+
+def test_truncated_rank_state_names_the_file(tmp_path):
+    from moviegen.training.checkpoint import IncompleteCheckpointError
+
+    d = str(tmp_path / "run")
+    Trainer(make_cfg(d, 2)).fit()
+    state = os.path.join(d, "checkpoints", "step_00000002", "train_state", "rank_00000.pt")
+    with open(state, "r+b") as f:
+        f.truncate(os.path.getsize(state) // 2)
+    with pytest.raises(IncompleteCheckpointError, match=r"rank_00000.pt cannot be read.*"
+                                                        r"checkpoint.resume_from"):
+        Trainer(make_cfg(d, 4))
+
+
+def test_tae_channels_checked_against_the_model_before_start(tmp_path):
+    import json as _json
+
+    from moviegen.config import ConfigError, load_config
+    from data_helpers import synthetic_dataset
+
+    tae = tmp_path / "tae"
+    tae.mkdir()
+    (tae / "tae_config.json").write_text(_json.dumps({"preset": "tiny"}))  # 8 channels
+    with pytest.raises(ConfigError, match=r"model.in_channels: 16, but the TAE .* makes "
+                                          r"8-channel latents"):
+        load_config(os.path.join(os.path.dirname(__file__), "..", "launch", "configs",
+                                 "tiny.yaml"),
+                    [f"--output_dir={tmp_path / 'run'}", "--data.kind=video",
+                     f"--data.video.manifest={synthetic_dataset()}", "--data.encoder=tae",
+                     f"--data.tae_checkpoint={tae}"])

@@ -41,6 +41,19 @@ def check(cond: bool, key: str, why: str) -> None:
         raise ConfigError(f"{key}: {why}", key=key)
 
 
+def check_output_dir(path: str, key: str = "output_dir") -> None:
+    """``path`` is (or can be made) a writable directory: checked before anything starts."""
+    check(bool(path), key, "must not be empty")
+    probe = path
+    while not os.path.exists(probe):  # the nearest existing parent must be a writable dir
+        parent = os.path.dirname(os.path.abspath(probe))
+        if parent == probe:
+            break
+        probe = parent
+    check(os.path.isdir(probe), key, f"'{path}': '{probe}' is a file, not a directory")
+    check(os.access(probe, os.W_OK | os.X_OK), key, f"'{path}': '{probe}' is not writable")
+
+
 def check_choice(value: Any, key: str, choices) -> None:
     check(value in choices, key, f"{value!r} is not one of {', '.join(map(str, choices))}")
 

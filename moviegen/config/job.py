@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from moviegen.config.core import ConfigError, check, check_choice
+from moviegen.config.core import ConfigError, check, check_choice, check_output_dir
 from moviegen.data.config import VideoDataConfig
 
 
@@ -363,6 +363,13 @@ class JobConfig:
         """Rules between sections: the data's latent shapes against the model."""
         from moviegen.data.sources import latent_grids
 
+        check_output_dir(self.output_dir)
+        if self.data.kind == "video" and self.data.encoder == "tae":
+            channels = _tae_latent_channels(self.data.tae_checkpoint)
+            check(channels == self.model.in_channels, "model.in_channels",
+                  f"{self.model.in_channels}, but the TAE in '{self.data.tae_checkpoint}' "
+                  f"makes {channels}-channel latents (set model.in_channels={channels})")
+
         if self.train.init_from is not None:
             check(os.path.exists(os.path.join(self.train.init_from, "model.safetensors")),
                   "train.init_from", f"no model.safetensors in '{self.train.init_from}' (give "
@@ -377,3 +384,19 @@ class JobConfig:
                   f"{self.model.patch_size[2]}")
         for name, T, H, W in latent_grids(self):
             self.model.patch_grid_fits(name, T, H, W)
+
+
+def _tae_latent_channels(tae_dir: str) -> int:
+    """Latent channels of a trained TAE, from its tae_config.json (no weights read)."""
+    import json
+
+    from moviegen.models.tae import TAE_PRESETS
+
+    path = os.path.join(tae_dir, "tae_config.json")
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"data.tae_checkpoint: cannot read {path} ({e})",
+                          key="data.tae_checkpoint") from None
+    return raw.get("latent_channels") or TAE_PRESETS[raw.get("preset", "tiny")]["latent_channels"]

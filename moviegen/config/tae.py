@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from moviegen.config.core import check, check_choice
+from moviegen.config.core import check, check_choice, check_output_dir
 from moviegen.config.job import CheckpointConfig, MetricsConfig, ParallelConfig, TrainConfig
 from moviegen.models.tae import TAEConfig
 
@@ -122,6 +122,7 @@ class TAEJobConfig:
     """TensorBoard, wandb and profiler traces (metrics.jsonl is always written)."""
 
     def validate(self) -> None:
+        check_output_dir(self.output_dir)
         cs = 2 ** (len(self.tae.resolved().channel_multipliers) - 1)
         for k in ("height", "width"):
             check(getattr(self.data, k) % cs == 0, f"data.{k}",

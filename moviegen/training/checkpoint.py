@@ -156,8 +156,18 @@ class CheckpointManager:
         self._async_group = None
         self.last_saved: int | None = None
         self.meta: dict = {}
-        if self.rank == 0:
-            os.makedirs(root, exist_ok=True)
+        if self.rank == 0 and os.path.isdir(root):
+            self._clean_stale()
+
+    def _clean_stale(self) -> None:
+        """Removes what a killed save left behind: ``.tmp-step_N`` directories and
+        ``latest.tmp.<pid>`` files (none of them is ever read)."""
+        for name in os.listdir(self.root):
+            path = os.path.join(self.root, name)
+            if name.startswith(TMP_PREFIX) and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif name.startswith(LATEST + ".tmp."):
+                os.remove(path)
 
     def register(self, name: str, obj, on_missing=None) -> None:
         """Sharded state saved through DCP. ``on_missing``: called instead of loading when a
@@ -329,5 +339,15 @@ class CheckpointManager:
         with open(os.path.join(path, "meta.json")) as f:
             saved_world = json.load(f)["world_size"]
         if saved_world == self.world_size and os.path.exists(own):
-            return False, torch.load(own, weights_only=True)
-        return True, torch.load(os.path.join(state_dir, _rank_state_name(0)), weights_only=True)
+            return False, _load_rank_file(own)
+        return True, _load_rank_file(os.path.join(state_dir, _rank_state_name(0)))
+
+
+def _load_rank_file(path: str) -> dict:
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # truncated, corrupt or unreadable: say which file and what to do
+        raise IncompleteCheckpointError(
+            f"{path} cannot be read ({type(e).__name__}: {e}); the checkpoint is damaged: "
+            f"resume from an older one with --checkpoint.resume_from="
+            f"{os.path.dirname(os.path.dirname(os.path.dirname(path)))}/step_N") from None

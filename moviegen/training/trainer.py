@@ -151,6 +151,8 @@ class Trainer:
         """Trains to train.steps (or until a preemption signal), then saves and exports."""
         cfg = self.cfg
         history = {self.val_key: [], "preempted": False, "resumed_from": self.resumed_from}
+        if self.step >= cfg.train.steps:  # nothing to train (train.steps=0 writes nothing)
+            return history
         with StopRequest() as stop, RunLog(self) as log:
             if self.step == 0 and cfg.train.steps > 0:
                 self._validate(log, history)
@@ -172,7 +174,7 @@ class Trainer:
                 self.ckpt.save_if_due(self.step, cfg.train.steps)
                 if self.step % cfg.train.val_every == 0 or self.step == cfg.train.steps:
                     self._validate(log, history)
-        if not history["preempted"] and cfg.train.steps > 0:
+        if not history["preempted"]:
             self.ckpt.save_final(self.step)
             self.export()
             if self.world_size > 1:
