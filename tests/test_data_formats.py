@@ -182,3 +182,38 @@ def test_group_sigterm_during_a_pyav_fed_run_saves_and_exits_0(tmp_path):
     assert proc.returncode == 0, log[-3000:]
     assert (out / "preempted").exists() and (out / "checkpoints" / "latest").exists()
     assert "killed by signal" not in log
+
+
+def test_curation_cuts_scenes_drops_static_clips_trims_and_resumes(tmp_path):
+    from moviegen.data.curate import Curation
+
+    d = tmp_path / "media"
+    os.makedirs(d)
+    # two shots: 3 s of a moving square on black, then 3 s of one on white (8 fps)
+    shot_a = _frames(24)
+    shot_b = 255 - _frames(24, seed=5)
+    write_frames(str(d / "two_shots.mp4"), np.concatenate([shot_a, shot_b]), 8)
+    write_frames(str(d / "still.mp4"), np.repeat(_frames(1), 24, axis=0), 8)  # no motion
+    for name in ("two_shots", "still"):
+        (d / f"{name}.txt").write_text("a square\n")
+    manifest = str(tmp_path / "m.jsonl")
+    cfg = VideoDataConfig(durations=[1.0, 2.0], max_duration_s=10.0)
+    cur = Curation(trim_start_s=0.5, scene_threshold=40.0, min_motion=0.5, min_clip_s=1.0)
+    summary = prepare(str(d), manifest, cfg, curation=cur)
+    rows = [json.loads(line) for line in open(manifest)]
+    assert [(r["path"].split("/")[-1], r["clip_start"]) for r in rows] == [
+        ("two_shots.mp4", 0.5), ("two_shots.mp4", 3.0)], rows
+    assert rows[0]["duration"] == pytest.approx(2.5) and rows[1]["duration"] == pytest.approx(3.0)
+    report = json.load(open(summary["report"]))
+    assert [p.split("/")[-1] for p, _ in report["filtered_files"]] == ["still.mp4"]
+    assert "static" in report["filtered_files"][0][1]
+    # the second clip's frames come from the second shot (white background)
+    ld = build_video_loader(cfg.replace(manifest=manifest, num_workers=0, backend="pyav",
+                                        shuffle=False), dp_rank=0, dp_size=1, seed=0)
+    spec = [s for k in range(ld.batches_per_epoch()) for s in ld._planner.spec(0, k).samples]
+    starts = sorted(int(s.frame_indices[0]) for s in spec)
+    assert starts[0] >= 4 and starts[-1] >= 24  # after the trim, and inside shot two
+    ld.close()
+    # a rerun probes nothing again (cached by path, size and modification time)
+    again = prepare(str(d), manifest, cfg, curation=cur)
+    assert again["probed_now"] == 0 and again["kept"] == summary["kept"]

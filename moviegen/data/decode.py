@@ -78,7 +78,7 @@ def sample_spec(m: Manifest, row: int, bucket: Bucket, target_fps: float,
         span = (bucket.frames - 1) / fps_used
         slack = max(0.0, float(m.duration[row]) - span - 1.0 / src_fps)
         start_s = slack / 2 if centre else float(u[0]) * slack
-        times = start_s + np.arange(bucket.frames) / fps_used
+        times = float(m.clip_start[row]) + start_s + np.arange(bucket.frames) / fps_used
         return SampleSpec(row, m.resolve(row), "video", np.floor(times * src_fps).astype(
             np.int64), (rh, rw), (cy, cx), fps_used, m.codecs[row], times)
     step = src_fps / fps_used
@@ -86,6 +86,7 @@ def sample_spec(m: Manifest, row: int, bucket: Bucket, target_fps: float,
     offsets = np.floor(k * step + 1e-6).astype(np.int64)
     max_start = max(0, n_src - int(offsets[-1]) - 1)
     start = max_start // 2 if centre else min(max_start, int(math.floor(u[0] * (max_start + 1))))
+    start += int(round(float(m.clip_start[row]) * src_fps))  # a clip cut from a longer file
     return SampleSpec(row, m.resolve(row), "video", start + offsets, (rh, rw), (cy, cx),
                       fps_used, m.codecs[row])
 

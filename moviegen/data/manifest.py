@@ -12,6 +12,8 @@ Row fields (``python -m moviegen.data.prepare`` writes them; the loader reads th
     duration  number seconds                        (videos only; frames / fps)
     split     str    "train" or "val" (optional, default "train")
     vfr       bool   variable frame rate (optional): frames are then picked by timestamp
+    clip_start number seconds into the file where this clip starts (optional, default 0:
+                     a curated multi-shot video gives one row per single-shot clip)
     codec     str    video codec as probed ("h264", "vp9", "mpeg2video", ...; optional): each
                      row goes to a decoder that reads it on this device
     bucket    str    informational; the loader re-assigns buckets from its own config
@@ -131,8 +133,11 @@ class Manifest:
     is_val: np.ndarray     # bool [N]
     codecs: list = None    # str per row ("" when not probed)
     vfr: np.ndarray = None  # bool [N]: variable frame rate (frames picked by timestamp)
+    clip_start: np.ndarray = None  # float64 [N] seconds into the file (0: from the start)
 
     def __post_init__(self):
+        if self.clip_start is None:
+            self.clip_start = np.zeros(len(self.paths), np.float64)
         if self.codecs is None:
             self.codecs = [""] * len(self.paths)
         if self.vfr is None:
@@ -206,8 +211,9 @@ def _fast_columns(lines: list[str]) -> dict | None:
     vfr = np.asarray([r.get("vfr", False) for r in rows])
     if vfr.dtype != bool:
         return None
+    clip_start = np.asarray([r.get("clip_start", 0.0) for r in rows], np.float64)
     return dict(paths=paths, captions=captions, is_image=is_image, is_val=is_val,
-                codecs=codecs, vfr=vfr, **cols)
+                codecs=codecs, vfr=vfr, clip_start=clip_start, **cols)
 
 
 def _columns_from_rows(rows: list[dict]) -> dict:
@@ -223,4 +229,5 @@ def _columns_from_rows(rows: list[dict]) -> dict:
         duration=get("duration", 0.0, np.float64),
         is_val=np.array([r["split"] == "val" for r in rows], bool),
         codecs=[str(r.get("codec") or "") for r in rows],
-        vfr=np.array([bool(r.get("vfr", False)) for r in rows], bool))
+        vfr=np.array([bool(r.get("vfr", False)) for r in rows], bool),
+        clip_start=np.array([float(r.get("clip_start", 0.0)) for r in rows], np.float64))

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -35,6 +37,7 @@ import numpy as np
 from moviegen.config.core import check, run_cli
 from moviegen.data.buckets import assign_buckets, make_buckets
 from moviegen.data.config import VideoDataConfig, moviegen_256px, moviegen_768px
+from moviegen.data.curate import Curation, clips_of
 from moviegen.data.manifest import (IMAGE_EXTS, VIDEO_EXTS, Manifest, ManifestError, iter_jsonl,
                                     guess_type, write_rows)
 
@@ -85,11 +88,45 @@ def probe(path: str) -> dict:
 
 
 def _probe_job(args):
-    idx, path = args
+    idx, path, cur = args
     try:
-        return idx, probe(path), None
+        info = probe(path)
+        if cur is not None and info["type"] == "video" and cur.changes_clips:
+            info["clips"] = clips_of(path, info, cur)
+        return idx, info, None
     except Exception as e:  # noqa: BLE001 - reported per file, the run goes on
         return idx, None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _file_key(path: str) -> str:
+    st = os.stat(path) if os.path.exists(path) else None
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}" if st else path
+
+
+class ProbeCache:
+    """Probe results of earlier runs (``<output>.probe.jsonl``), keyed by path, size and
+    modification time: a rerun probes only new or changed files (resumable)."""
+
+    def __init__(self, path: str, curation):
+        self.path, self.tag = path, repr(curation)
+        self.entries: dict[str, dict] = {}
+        if os.path.isfile(path):
+            for _, _, row in iter_jsonl(path):
+                if row.get("curation") == self.tag:
+                    self.entries[row["key"]] = row
+        self._f = open(path, "a", encoding="utf-8")
+
+    def get(self, path: str):
+        e = self.entries.get(_file_key(path))
+        return None if e is None else (e["info"], e["error"])
+
+    def put(self, path: str, info, error) -> None:
+        self._f.write(json.dumps({"key": _file_key(path), "curation": self.tag, "info": info,
+                                  "error": error}) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
 
 
 def read_input_rows(path: str) -> list[dict]:
@@ -177,21 +214,37 @@ def val_split(rel_path: str, val_fraction: float) -> str:
 
 
 def prepare(input_path: str, output: str, cfg: VideoDataConfig, workers: int = 1,
-            require_captions: bool = True, val_fraction: float = 0.0) -> dict:
-    """Probes, filters and writes the manifest; a report beside it
-    (``<output>.report.json``) names every file left out and why."""
+            require_captions: bool = True, val_fraction: float = 0.0,
+            curation: Curation | None = None) -> dict:
+    """Probes (and curates), filters and writes the manifest; a report beside it
+    (``<output>.report.json``) names every file left out and why. Probe results are
+    cached beside the output, so a rerun only probes new or changed files."""
+    t_start = time.perf_counter()
+    cur = curation or Curation()
     if os.path.isdir(input_path):
         rows, unreadable = scan_dir(input_path, require_captions)
     else:
         rows, unreadable = read_input_rows(input_path), []
-    jobs = [(i, r["abs"]) for i, r in enumerate(rows)]
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    cache = ProbeCache(os.path.splitext(output)[0] + ".probe.jsonl", cur)
+    results, jobs = [], []
+    for i, r in enumerate(rows):
+        hit = cache.get(r["abs"])
+        if hit is not None:
+            results.append((i, *hit))
+        else:
+            jobs.append((i, r["abs"], cur))
     if workers > 1 and len(jobs) > 1:
         with get_context("spawn").Pool(workers) as pool:
-            results = list(pool.imap(_probe_job, jobs, chunksize=16))
+            fresh = list(pool.imap(_probe_job, jobs, chunksize=4))
     else:
-        results = [_probe_job(j) for j in jobs]
+        fresh = [_probe_job(j) for j in jobs]
+    for idx, info, err in fresh:
+        cache.put(rows[idx]["abs"], info, err)
+    cache.close()
+    results = sorted(results + fresh, key=lambda x: x[0])
     out_dir = os.path.dirname(os.path.abspath(output))
-    probed = []
+    probed, dropped = [], []
     for idx, info, err in results:
         r = rows[idx]
         if err is not None:
@@ -201,12 +254,23 @@ def prepare(input_path: str, output: str, cfg: VideoDataConfig, workers: int = 1
         split = r["split"]
         if val_fraction > 0 and os.path.isdir(input_path):
             split = val_split(os.path.relpath(r["abs"], input_path), val_fraction)
-        probed.append({"path": rel if not rel.startswith("..") else r["abs"],
-                       "caption": r["caption"], **info, "split": split})
+        base = {"path": rel if not rel.startswith("..") else r["abs"],
+                "caption": r["caption"], **{k: v for k, v in info.items() if k != "clips"},
+                "split": split}
+        aspect = info["width"] / info["height"]
+        if not cur.min_aspect <= aspect <= cur.max_aspect:
+            dropped.append([r["abs"], f"aspect ratio {aspect:.3f} outside "
+                                      f"[{cur.min_aspect}, {cur.max_aspect}]"])
+            continue
+        for clip in info.get("clips", [None]):
+            if clip is not None and "dropped" in clip:
+                dropped.append([r["abs"], clip["dropped"]])
+            else:
+                probed.append({**base, **(clip or {})})
     for p, why in unreadable:
         print(f"prepare: left out {p}: {why}", file=sys.stderr)
 
-    kept, filtered, dropped = [], Counter(), []
+    kept, filtered = [], Counter(Counter(why.split(":")[0].split(" (")[0] for _, why in dropped))
     if probed:
         m = _to_manifest(probed, out_dir)
         buckets = make_buckets(cfg)
@@ -230,7 +294,9 @@ def prepare(input_path: str, output: str, cfg: VideoDataConfig, workers: int = 1
                "val": sum(r["split"] == "val" for r in kept), "unreadable": len(unreadable),
                "unreadable_files": [list(x) for x in unreadable],
                "filtered": dict(filtered), "buckets": dict(Counter(r["bucket"] for r in kept)),
-               "report": report_path(output)}
+               "report": report_path(output), "files": len(rows), "probed_now": len(jobs),
+               "seconds": round(time.perf_counter() - t_start, 3),
+               "files_per_s": round(len(jobs) / max(time.perf_counter() - t_start, 1e-9), 2)}
     with open(report_path(output), "w", encoding="utf-8") as f:
         json.dump({**summary, "filtered_files": dropped}, f, indent=1, ensure_ascii=False)
     return summary
@@ -274,6 +340,19 @@ class PrepareArgs:
     val_fraction: float = 0.0
     """Fraction of the files marked "val" (chosen by a hash of the path: stable when
     files are added); 0 keeps the input's splits (all "train" for a folder)."""
+    trim_start_s: float = 0.0
+    """Drop the first seconds of every video (Movie Gen: unstable starts)."""
+    scene_threshold: float = 0.0
+    """Cut multi-shot videos where sampled frames differ by more than this (mean |grey
+    difference|, 0-255; e.g. 30); 0: off."""
+    min_motion: float = 0.0
+    """Drop clips whose median frame difference is below this (near-static; e.g. 1.0)."""
+    min_clip_s: float = 0.5
+    """Shortest clip kept after trimming and cuts, seconds."""
+    min_aspect: float = 0.0
+    """Drop files whose width / height is below this (0: no bound)."""
+    max_aspect: float = math.inf
+    """Drop files whose width / height is above this."""
 
     def validate(self) -> None:
         check(os.path.exists(self.input), "input", f"'{self.input}' does not exist")
@@ -293,7 +372,11 @@ def main(argv=None) -> None:
                 setattr(cfg, name, getattr(a, flag))
         try:
             cfg.validate()
-            summary = prepare(a.input, a.output, cfg, a.workers, val_fraction=a.val_fraction)
+            cur = Curation(trim_start_s=a.trim_start_s, scene_threshold=a.scene_threshold,
+                           min_motion=a.min_motion, min_clip_s=a.min_clip_s,
+                           min_aspect=a.min_aspect, max_aspect=a.max_aspect)
+            summary = prepare(a.input, a.output, cfg, a.workers, val_fraction=a.val_fraction,
+                              curation=cur)
         except (ManifestError, ValueError) as e:
             sys.exit(f"prepare: {e}")
         print(json.dumps(summary, indent=1))
