@@ -226,7 +226,8 @@ class TrainConfig:
     val_every: int = 100
     """Validation loss every this many steps (and at step 0 and at the end)."""
     progress_bar: bool = True
-    """Show a console progress bar on rank 0."""
+    """Show a console progress bar on rank 0 when stderr is a terminal (redirected to a
+    file, the console gets one line per logged step and no bar)."""
     device: str = "auto"
     """auto (cuda when available), cuda or cpu."""
     init_from: Optional[str] = None

@@ -131,12 +131,20 @@ class TextEncoders(nn.Module):
 
     def save_builtin(self, directory: str) -> dict[str, str]:
         """Writes built-in encoders with save_pretrained; returns slot -> path."""
+        from transformers.utils import logging as hf_logging
+
         paths = {}
-        for name, enc in self.encoders.items():
-            if enc.builtin:
-                path = os.path.join(directory, name)
-                enc.model.save_pretrained(path)
-                paths[name] = path
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # one small shard: a bar would be log-file noise
+        try:
+            for name, enc in self.encoders.items():
+                if enc.builtin:
+                    path = os.path.join(directory, name)
+                    enc.model.save_pretrained(path)
+                    paths[name] = path
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         return paths
 
 
