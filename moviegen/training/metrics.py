@@ -101,6 +101,19 @@ class MetricsWriter:
         if self._wandb is not None and step is not None:
             self._wandb.log(scalars, step=step)
 
+    def add_video(self, tag: str, video_CTHW: torch.Tensor, step: int, fps: int) -> None:
+        """A [3, T, H, W] video in [-1, 1] to TensorBoard: a video where moviepy is
+        installed (SummaryWriter.add_video needs it), else the frames side by side."""
+        if not self.enabled or self._tb is None:
+            return
+        frames = ((video_CTHW.float().clamp(-1, 1) + 1) / 2).cpu()
+        try:
+            import moviepy  # noqa: F401
+        except ImportError:
+            self._tb.add_image(tag, torch.cat(frames.unbind(1), dim=-1), step)  # [3, H, T*W]
+        else:
+            self._tb.add_video(tag, frames.permute(1, 0, 2, 3)[None], step, fps=fps)
+
     def close(self) -> None:
         if not self.enabled:
             return
