@@ -120,7 +120,7 @@ def stage_sample(out: str, prompts: list[str]) -> dict:
     return {"samples": results}
 
 
-def plot_losses(out: str, png: str) -> None:
+def plot_losses(out: str, png: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,6 +146,7 @@ def plot_losses(out: str, png: str) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
+    return png
 
 
 @dataclass
@@ -189,15 +190,17 @@ def _result(name: str, result, out: str) -> str:
     if name == "tae":
         return f"held-out PSNR {result['psnr_db']:.1f} dB -> {result['dir']}"
     if name == "precompute":
-        return (f"{result['index']} samples ({result['train']['written']} train + "
-                f"{result['val']['written']} val shards) -> {os.path.join(out, 'latents')}")
+        n = result["index"]
+        n = " + ".join(f"{v} {k}" for k, v in n.items()) if isinstance(n, dict) else n
+        return (f"{n} samples ({result['train']['written']} + {result['val']['written']} "
+                f"shards) -> {os.path.join(out, 'latents')}")
     if name == "transformer":
         return (f"validation loss {result['val_loss_start']:.3f} -> {result['val_loss_end']:.3f} "
                 f"in {result['steps']} steps -> {result['dir']}/final")
     if name == "sample":
         ok = sum(s["ok"] for s in result["samples"])
         return f"{ok}/{len(result['samples'])} samples right in colour and motion"
-    return str(result)
+    return f"-> {result}"
 
 
 def run(a: DemoArgs) -> dict:

@@ -87,7 +87,9 @@ def summary(report: dict, out_dir: str) -> str:
              + (f" ({r['already_done']} already done)" if r["already_done"] else "")
              + (f", {r['skipped_files']} unreadable files skipped" if r["skipped_files"] else "")
              + f" in {r['seconds']:.0f} s" for s, r in report.items() if s in SPLITS]
-    return f"precompute: {'; '.join(parts)}; {report.get('index', '?')} samples in {out_dir}"
+    n = report.get("index", "?")
+    n = " + ".join(f"{v} {k}" for k, v in n.items()) if isinstance(n, dict) else n
+    return f"precompute: {'; '.join(parts)}; {n} samples in {out_dir}"
 
 
 def _run_checked(cfg: JobConfig) -> dict:

@@ -17,8 +17,9 @@ def count_frames(path):
 def test_quick_demo_runs_every_stage_and_the_sampler_writes_playable_video(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run([sys.executable, "-m", "moviegen.demo", "--quick", "--output_dir", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+                       capture_output=True, timeout=600)  # bytes: text mode would hide "\r"
+    stdout, stderr = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 0, stderr[-3000:]
     summary = json.loads((out / "demo_summary.json").read_text())
     assert set(summary["wall_times_s"]) >= {"data", "tae", "precompute", "transformer", "sample", "total"}
     assert summary["tae"]["psnr_db"] is not None
@@ -34,11 +35,11 @@ def test_quick_demo_runs_every_stage_and_the_sampler_writes_playable_video(tmp_p
     # it narrates: the plan up front, a result line per stage, per-sample verdicts, the
     # paths; precompute is one line, not a JSON dump; no bar in a captured log
     for i, stage in enumerate(("data", "tae", "precompute", "transformer", "sample", "plot"), 1):
-        assert f"[demo]   {i}. {stage}" in r.stdout and f"[demo {i}/6] {stage} done in" in r.stdout
-    assert r.stdout.count("colour ") >= 4 and "motion " in r.stdout
-    assert str(out / "demo_summary.json") in r.stdout
-    assert '"written"' not in r.stdout and "precompute: train" in r.stdout
-    assert "\r" not in r.stdout + r.stderr
+        assert f"[demo]   {i}. {stage}" in stdout and f"[demo {i}/6] {stage} done in" in stdout
+    assert stdout.count("colour ") >= 4 and "motion " in stdout
+    assert str(out / "demo_summary.json") in stdout
+    assert '"written"' not in stdout and "precompute: train" in stdout
+    assert "\r" not in stdout + stderr
     # the held-out pairing really is absent from the training data
     rows = [json.loads(l) for l in open(out / "data" / "manifest.jsonl")]
     assert not any("red" in r["caption"] and "from right to left" in r["caption"] for r in rows)

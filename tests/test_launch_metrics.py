@@ -74,7 +74,7 @@ def test_console_redirected_to_a_file_has_one_line_per_log_step_and_no_bar(tmp_p
                             "launch/configs/tiny.yaml", "--train.steps=4", "--train.log_every=2",
                             "--train.val_every=100", f"--output_dir={tmp_path / 'run'}"],
                            stdout=f, stderr=subprocess.STDOUT, timeout=240)
-    text = log.read_text()
+    text = log.read_bytes().decode()  # read_text would turn "\r" into "\n"
     assert r.returncode == 0, text
     assert "\r" not in text
     lines = [x for x in text.splitlines() if "| loss " in x]
