@@ -138,11 +138,17 @@ def plot_losses(out: str, png: str) -> str:
         val = [(r["step"], r[val_key]) for r in rows if r.get(val_key) is not None]
         if val and name == "transformer":
             ax.plot(*zip(*val), "o-", label="validation loss")
+        if val and name == "tae":
+            twin = ax.twinx()
+            twin.plot(*zip(*val), "s-", color="tab:red", label="held-out PSNR")
+            twin.set_ylabel("held-out PSNR (dB)", color="tab:red")
+            twin.legend(loc="upper right")
+        ax.set_ylabel("loss (log scale)")
         ax.set_title("TAE" if name == "tae" else "transformer (flow matching)")
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
