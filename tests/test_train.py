@@ -143,3 +143,14 @@ def test_ema_weights_apply_inside_the_block_only():
     with ema.applied(model):
         assert torch.allclose(model.weight, before + 0.5)
     assert torch.equal(model.weight, trained)
+
+
+def test_help_keeps_the_torchrun_example_on_two_lines():
+    r = subprocess.run([sys.executable, "-m", "moviegen.train", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    i = next(k for k, x in enumerate(lines) if x.lstrip().startswith("torchrun"))
+    assert lines[i].endswith("tiny.yaml \\") and lines[i].startswith("    torchrun ")
+    assert lines[i + 1] == "        --parallel.dp_shard=2 --parallel.cp=2 --parallel.tp=2"
+    assert "train.sample_every" in r.stdout and "train.sample_prompts" in r.stdout
