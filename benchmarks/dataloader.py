@@ -16,8 +16,9 @@ What it does, all in one run on the same files:
      first decode.
 Timing starts after the first batch and after the batches prefetched meanwhile, so it
 measures steady-state decode throughput. Bucket sizes have area resolution**2 (16:9 at
-"256px" is 192 x 336). Results: a table on stdout, benchmarks/results/dataloader_cpu.json and .md (machine,
-versions, command). "workers" = DataLoader processes for PyAV, decoder threads for DALI.
+"256px" is 192 x 336). Results: a table on stdout, --output (default runs/benchmarks/dataloader_cpu.json) and .md
+beside it (machine, versions, command); --update-results writes the committed
+benchmarks/results/dataloader_cpu.* instead. "workers" = DataLoader processes for PyAV, decoder threads for DALI.
 """
 from __future__ import annotations
 
@@ -199,7 +200,10 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=1_000_000, help="rows of the big manifest")
     p.add_argument("--resolutions", type=int, nargs="+", default=[256, 768])
     p.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
-    p.add_argument("--output", default=os.path.join(RESULTS, "dataloader_cpu.json"))
+    p.add_argument("--output", default=os.path.join("runs", "benchmarks", "dataloader_cpu.json"),
+                   help="JSON file (markdown beside it)")
+    p.add_argument("--update-results", dest="update_results", action="store_true",
+                   help="write the committed benchmarks/results/dataloader_cpu.* instead")
     a = p.parse_args(argv)
     if a.quick:
         a.workers, a.batches, a.clips, a.rows = [1], 2, 4, 20_000
@@ -236,7 +240,9 @@ def main(argv=None):
                   "first_batch": fb}
         md = to_markdown(result)
         print(md)
-        os.makedirs(os.path.dirname(a.output), exist_ok=True)
+        if a.update_results:
+            a.output = os.path.join(RESULTS, "dataloader_cpu.json")
+        os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
         with open(a.output, "w") as f:
             json.dump(result, f, indent=1)
         with open(os.path.splitext(a.output)[0] + ".md", "w") as f:

@@ -12,8 +12,9 @@ flash attention vs every available SDPA backend; forward, backward, forward+back
 Units: GB/s for the memory-bound kernels (bytes = each input read once + each output
 written once, user-visible tensors only), next to the device-to-device copy bandwidth
 measured in the same run; TFLOP/s for attention (4*B*H*Sq*Sk*E forward, 2.5x that
-backward, 3.5x forward+backward). Writes benchmarks/results/kernels_<device>.json and
-.md (device, torch and triton versions, the command).
+backward, 3.5x forward+backward). Writes <--out-dir>/kernels_<device>.json and .md
+(device, torch and triton versions, the command; default folder runs/benchmarks);
+--update-results writes them to the committed benchmarks/results/ instead.
 
 Targets on H100 (figures, not assertions): adaLN and position add >= 85% of the
 copy bandwidth and faster than torch.compile; attention fwd+bwd at E=128, S 8k..73k at
@@ -59,8 +60,14 @@ def parse_args(argv=None):
     p.add_argument("--ops", default="modnorm,gated,posembed,attention,cross_attention",
                    help="comma list of ops to run")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
-    p.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results"))
-    return p.parse_args(argv)
+    p.add_argument("--out-dir", default=os.path.join("runs", "benchmarks"),
+                   help="folder for the JSON and markdown results")
+    p.add_argument("--update-results", dest="update_results", action="store_true",
+                   help="write to the committed benchmarks/results/ instead of --out-dir")
+    args = p.parse_args(argv)
+    if args.update_results:
+        args.out_dir = os.path.join(ROOT, "benchmarks", "results")
+    return args
 
 
 # ----------------------------------------------------------------------------- timing

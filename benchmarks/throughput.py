@@ -9,7 +9,9 @@ combination of --kernels x --ac x --compile in one run. Reports tokens/s, model 
 (moviegen.models.flops: recomputation not credited), MFU against 989 TFLOP/s dense bf16 (H100
 SXM; also used for H200, whose dense bf16 peak is the same) on CUDA, and peak memory
 (CUDA: peak allocated; CPU: the process's peak RSS, which AC modes barely move).
-Writes benchmarks/results/throughput_<device>.json and .md.
+Writes --output (JSON, and a Markdown table beside it; default
+runs/benchmarks/throughput_<device>.json); --update-results writes the committed
+benchmarks/results/throughput_<device>.* instead.
 """
 from __future__ import annotations
 
@@ -121,8 +123,13 @@ def main(argv=None):
     ap.add_argument("--compile", default="off", help="comma list of off,on")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--out", default=RESULTS, help="folder for the JSON and markdown")
+    ap.add_argument("--output", default=None,
+                    help="JSON file (markdown beside it); default runs/benchmarks/throughput_<device>.json")
+    ap.add_argument("--update-results", dest="update_results", action="store_true",
+                    help="write the committed benchmarks/results/throughput_<device>.* instead")
     a = ap.parse_args(argv)
+    if a.output is not None and not a.output.endswith(".json"):
+        ap.error(f"--output {a.output}: give a .json file name")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a.seq_len = a.seq_len or (8192 if device.type == "cuda" else 96)
@@ -146,8 +153,12 @@ def main(argv=None):
         meta["triton"] = triton.__version__
     except ImportError:
         meta["triton"] = None
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, f"throughput_{tag}.json"), "w") as f:
+    if a.update_results:
+        a.output = os.path.join(RESULTS, f"throughput_{tag}.json")
+    elif a.output is None:
+        a.output = os.path.join("runs", "benchmarks", f"throughput_{tag}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
+    with open(a.output, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     lines = [f"# Training-step throughput ({name})", "",
              f"Command: `{meta['command']}`; torch {meta['torch']}, triton {meta['triton']}.", "",
@@ -161,9 +172,10 @@ def main(argv=None):
         lines.append(f"| {r['model']} | {r['n_layers']} | {r['seq_len']} | {r['batch']} | {r['kernels']} | "
                      f"{r['ac']} | {r['compile']} | {r['step_s']:.4f} | {r['tokens_per_s']:.0f} | "
                      f"{r['tflops']:.4f} | {mfu} | {r['peak_mem_gb']:.2f} |")
-    with open(os.path.join(a.out, f"throughput_{tag}.md"), "w") as f:
+    with open(a.output[:-len(".json")] + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+    print(f"wrote {a.output} and its .md", file=sys.stderr)
     return rows
 
 

@@ -2,7 +2,9 @@
 
     python -m moviegen.demo [--output_dir runs/demo] [--quick]
 
-Stages (each timed; the summary goes to <output_dir>/demo_summary.json):
+It prints its stages and their expected cost first, a progress bar per stage on a
+terminal (a line per logged step otherwise), a result line per stage and the paths it
+wrote. Stages (each timed; the summary goes to <output_dir>/demo_summary.json):
   1. data        real VP9 .webm clips of moving coloured shapes (moviegen.data.synthetic);
                  one colour/direction pairing is held out of training entirely
   2. tae         train the tiny temporal autoencoder (moviegen.train_tae), report its
@@ -10,9 +12,15 @@ Stages (each timed; the summary goes to <output_dir>/demo_summary.json):
   3. precompute  TAE latents + text embeddings as sharded safetensors (moviegen.precompute)
   4. transformer train the flow-matching transformer on them (moviegen.train,
                  launch/configs/demo.yaml)
-  5. sample      generate the held-out caption, decode with the TAE (tiled), write
-                 .webm + .gif, and measure where the shape goes, frame by frame
-  6. plot        the loss curves as a PNG
+  5. sample      generate the held-out caption and three seen ones, decode with the TAE
+                 (tiled), write .webm + .gif, and judge each (moviegen.judge): the
+                 colour nearest to the shape's pixels (and that fraction), where the
+                 shape goes frame by frame, and its outline (circle or square)
+  6. plot        the loss and PSNR curves as a PNG
+
+Threads: on a shared or busy machine use OMP_NUM_THREADS=1 (scripts/quickstart.sh
+sets it unless it is set): 2 threads fighting other processes for 2 cores ran the
+transformer 8x slower.
 
 ``--quick`` shrinks every stage (a smoke run of the whole path, about a minute).
 """
@@ -24,10 +32,10 @@ import shutil
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from moviegen.config import run_cli
+from moviegen.training.metrics import format_duration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAE_CONFIG = os.path.join(ROOT, "launch", "configs", "tae_tiny.yaml")
@@ -60,6 +68,7 @@ def stage_tae(out: str, manifest: str, steps: int) -> dict:
     train_tae.main(["--config", TAE_CONFIG, f"--output_dir={tae_dir}",
                     f"--data.data_dir={os.path.dirname(manifest)}", f"--train.steps={steps}",
                     f"--train.val_every={max(steps // 4, 1)}", "--data.generate_if_missing=0",
+                    f"--train.log_every={max(steps // 10, 1)}",
                     # full 48 px frames of a fixed palette: no crops, no colour shuffling
                     "--data.height=48", "--data.width=48", "--data.augment=false"])
     psnr = [r["psnr"] for r in read_metrics(tae_dir) if r.get("psnr") is not None]
@@ -71,7 +80,7 @@ def job_overrides(out: str, manifest: str, steps: int) -> list[str]:
             f"--data.precomputed_dir={os.path.join(out, 'latents')}",
             f"--data.tae_checkpoint={os.path.join(out, 'tae')}",
             f"--data.video.manifest={manifest}", f"--train.steps={steps}",
-            f"--train.val_every={max(steps // 8, 1)}", "--train.progress_bar=false"]
+            f"--train.val_every={max(steps // 8, 1)}", f"--train.log_every={max(steps // 10, 1)}"]
 
 
 def stage_precompute(overrides: list[str]) -> dict:
@@ -85,61 +94,33 @@ def stage_transformer(overrides: list[str]) -> dict:
 
     history = train.main(["--config", DEMO_CONFIG, *overrides])
     (_, v0), (s1, v1) = history["val_loss"][0], history["val_loss"][-1]
-    return {"val_loss_start": v0, "val_loss_end": v1, "steps": s1}
-
-
-def shape_track(video_CTHW: torch.Tensor, colour: str) -> list[tuple[float, float]]:
-    """(x, y) centre, as fractions of the frame, of the pixels close to ``colour``."""
-    from moviegen.data.synthetic import COLORS
-
-    rgb = (video_CTHW.clamp(-1, 1) + 1) * 127.5  # [3, T, H, W] in 0..255
-    target = torch.tensor(COLORS[colour], dtype=rgb.dtype).view(3, 1, 1, 1)
-    dist = (rgb - target).norm(dim=0)  # [T, H, W]
-    _, T, H, W = rgb.shape
-    ys = (torch.arange(H, dtype=rgb.dtype) + 0.5) / H
-    xs = (torch.arange(W, dtype=rgb.dtype) + 0.5) / W
-    track = []
-    for t in range(T):
-        w = (dist[t] < 90).to(rgb.dtype)
-        if w.sum() < 1:
-            track.append((float("nan"), float("nan")))
-            continue
-        track.append((float((w * xs[None, :]).sum() / w.sum()), float((w * ys[:, None]).sum() / w.sum())))
-    return track
-
-
-def motion_of(track) -> str:
-    pts = np.array([p for p in track if not np.isnan(p[0])])
-    if len(pts) < 2:
-        return "no shape found"
-    dx, dy = pts[-1] - pts[0]
-    if max(abs(dx), abs(dy)) < 0.1:
-        return "static"
-    if abs(dx) >= abs(dy):
-        return "from left to right" if dx > 0 else "from right to left"
-    return "from top to bottom" if dy > 0 else "from bottom to top"
+    return {"val_loss_start": v0, "val_loss_end": v1, "steps": s1,
+            "dir": os.path.dirname(overrides[0].split("=", 1)[1]) + "/transformer"}
 
 
 def stage_sample(out: str, prompts: list[str]) -> dict:
-    from moviegen.training.export import default_latent_shape, load_inference
+    from moviegen.judge import judge, verdict_line
     from moviegen.sample import generate, write_videos
+    from moviegen.training.export import default_latent_shape, load_inference
 
     final = os.path.join(out, "transformer", "final")
     model, cfg, encoders = load_inference(final)
-    latents = generate(model, encoders, cfg, prompts, default_latent_shape(final, cfg), seed=0)
+    latents = generate(model, encoders, cfg, prompts, default_latent_shape(final, cfg), seed=0,
+                       progress=True)
     results = []
-    for i, (prompt, (path, video)) in enumerate(zip(prompts, write_videos(
-            latents, cfg.data.tae_checkpoint, os.path.join(out, "sample.webm"), fps=8))):
-        colour = prompt.split()[1]
-        track = shape_track(video, colour)
-        results.append({"prompt": prompt, "video": path, "gif": os.path.splitext(path)[0] + ".gif",
-                        "seen_in_training": prompt != PROMPT, "motion": motion_of(track),
-                        "expected": prompt.split(" moves ")[1],
-                        "track_xy": [[round(x, 3), round(y, 3)] for x, y in track]})
+    for prompt, (path, video) in zip(prompts, write_videos(
+            latents, cfg.data.tae_checkpoint, os.path.join(out, "sample.webm"), fps=8)):
+        v = judge(video, prompt, DEMO_COLORS)
+        held = prompt == PROMPT
+        print(f"[demo]   {'held out ' if held else 'seen     '} '{prompt}': "
+              f"{verdict_line(prompt, v)}", flush=True)
+        results.append({"prompt": prompt, "video": path,
+                        "gif": os.path.splitext(path)[0] + ".gif", "seen_in_training": not held,
+                        "ok": v["colour"]["ok"] and v["motion"]["ok"], **v})
     return {"samples": results}
 
 
-def plot_losses(out: str, png: str) -> None:
+def plot_losses(out: str, png: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,14 +138,21 @@ def plot_losses(out: str, png: str) -> None:
         val = [(r["step"], r[val_key]) for r in rows if r.get(val_key) is not None]
         if val and name == "transformer":
             ax.plot(*zip(*val), "o-", label="validation loss")
+        if val and name == "tae":
+            twin = ax.twinx()
+            twin.plot(*zip(*val), "s-", color="tab:red", label="held-out PSNR")
+            twin.set_ylabel("held-out PSNR (dB)", color="tab:red")
+            twin.legend(loc="upper right")
+        ax.set_ylabel("loss (log scale)")
         ax.set_title("TAE" if name == "tae" else "transformer (flow matching)")
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
+    return png
 
 
 @dataclass
@@ -179,19 +167,65 @@ def main(argv=None) -> dict:
     return run_cli(run, DemoArgs, argv, __doc__, config_file=False)
 
 
+# (name, what it does, expected seconds: full, quick) on 2 idle cores, 1 thread
+STAGES = (
+    ("data", "write {videos} VP9 clips of coloured shapes ({held} held out)", 5, 3),
+    ("tae", "train the tiny temporal autoencoder, {tae_steps} steps", 410, 15),
+    ("precompute", "TAE latents + text embeddings of every clip", 10, 8),
+    ("transformer", "train the flow-matching transformer, {steps} steps", 220, 15),
+    ("sample", "generate 4 captions (one held out), decode, judge colour/motion/shape", 10, 10),
+    ("plot", "loss and PSNR curves as a PNG", 3, 3),
+)
+
+
+def _plan(size: dict, quick: bool) -> str:
+    threads = torch.get_num_threads()
+    total = sum(st[3 if quick else 2] for st in STAGES)
+    lines = [f"[demo] {len(STAGES)} stages, about {format_duration(total)} (min:s) on an idle "
+             f"machine; torch uses {threads} thread{'s' if threads > 1 else ''} "
+             f"(OMP_NUM_THREADS)"]
+    for i, (name, what, full, fast) in enumerate(STAGES, 1):
+        what = what.format(held=f"'{HELD_OUT[0]} ... {HELD_OUT[1]}'", **size)
+        lines.append(f"[demo]   {i}. {name:<12}{what:<74} ~{format_duration(fast if quick else full)}")
+    return "\n".join(lines)
+
+
+def _result(name: str, result, out: str) -> str:
+    if name == "data":
+        return f"manifest {result}"
+    if name == "tae":
+        return f"held-out PSNR {result['psnr_db']:.1f} dB -> {result['dir']}"
+    if name == "precompute":
+        n = result["index"]
+        n = " + ".join(f"{v} {k}" for k, v in n.items()) if isinstance(n, dict) else n
+        return (f"{n} samples ({result['train']['written']} + {result['val']['written']} "
+                f"shards) -> {os.path.join(out, 'latents')}")
+    if name == "transformer":
+        return (f"validation loss {result['val_loss_start']:.3f} -> {result['val_loss_end']:.3f} "
+                f"in {result['steps']} steps -> {result['dir']}/final")
+    if name == "sample":
+        ok = sum(s["ok"] for s in result["samples"])
+        return f"{ok}/{len(result['samples'])} samples right in colour and motion"
+    return f"-> {result}"
+
+
 def run(a: DemoArgs) -> dict:
     size = FULL if not a.quick else QUICK
     out = a.output_dir
     if os.path.exists(out):
         shutil.rmtree(out)  # the demo always starts fresh
     os.makedirs(out)
-    times, summary = {}, {"held_out_caption": PROMPT}
+    times, summary = {}, {"held_out_caption": PROMPT, "threads": torch.get_num_threads()}
+    print(_plan(size, a.quick), flush=True)
+    index = {name: i for i, (name, *_) in enumerate(STAGES, 1)}
 
     def timed(name, fn, *args):
+        print(f"[demo {index[name]}/{len(STAGES)}] {name} ...", flush=True)
         t0 = time.perf_counter()
         result = fn(*args)
         times[name] = round(time.perf_counter() - t0, 1)
-        print(f"[demo] {name}: {times[name]} s", flush=True)
+        print(f"[demo {index[name]}/{len(STAGES)}] {name} done in "
+              f"{format_duration(times[name])}: {_result(name, result, out)}", flush=True)
         return result
 
     t_all = time.perf_counter()
@@ -208,12 +242,17 @@ def run(a: DemoArgs) -> dict:
     times["total"] = round(time.perf_counter() - t_all, 1)
     summary["loss_plot"] = png
     summary["wall_times_s"] = times
-    with open(os.path.join(out, "demo_summary.json"), "w") as f:
+    summary_path = os.path.join(out, "demo_summary.json")
+    with open(summary_path, "w") as f:
         json.dump(summary, f, indent=2)
-    brief = {k: v for k, v in summary.items() if k not in ("precompute", "samples")}
-    brief["samples"] = [{k: s[k] for k in ("prompt", "seen_in_training", "expected", "motion", "video")}
-                        for s in summary["samples"]]
-    print(json.dumps(brief, indent=2))
+    held = next(s for s in summary["samples"] if not s["seen_in_training"])
+    print(f"[demo] finished in {format_duration(times['total'])}. Held-out '{PROMPT}': "
+          f"colour {held['colour']['seen']} ({100 * held['colour']['fraction']:.0f}%), "
+          f"motion {held['motion']['seen']} -> {'right' if held['ok'] else 'WRONG'}")
+    print("[demo] wrote:")
+    for path in (*(s["video"] for s in summary["samples"]), png, summary_path,
+                 os.path.join(out, "tae"), os.path.join(out, "transformer", "final")):
+        print(f"[demo]   {path}")
     return summary
 
 

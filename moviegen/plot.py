@@ -38,11 +38,19 @@ def plot_run(run_dir: str, output: str | None = None) -> str:
     ax.plot(*_series(rows, "val_loss"), "o-", label="validation loss")
     ax.set_title("loss")
     ax.set_xlabel("step")
-    ax.legend()
+    ax.set_ylabel("loss")
+    steps_psnr, psnr = _series(rows, "psnr")  # a TAE run validates with PSNR
+    if psnr:
+        twin = ax.twinx()
+        twin.plot(steps_psnr, psnr, "s-", color="tab:red", label="held-out PSNR")
+        twin.set_ylabel("held-out PSNR (dB)", color="tab:red")
+        twin.legend(loc="upper right")
+    ax.legend(loc="upper left")
     ax = axes[0][1]
     ax.plot(*_series(rows, "tokens_per_s"), color="tab:green")
-    ax.set_title("throughput (tokens/s per device)")
+    ax.set_title("throughput")
     ax.set_xlabel("step")
+    ax.set_ylabel("tokens/s per device")
     steps_mfu, mfu = _series(rows, "mfu")
     if mfu:
         twin = ax.twinx()
@@ -53,13 +61,15 @@ def plot_run(run_dir: str, output: str | None = None) -> str:
         s, v = _series(rows, key)
         if v:
             ax.plot(s, v, label=key)
-    ax.set_title("step time split (s)")
+    ax.set_title("step time split")
     ax.set_xlabel("step")
+    ax.set_ylabel("seconds per step")
     ax.legend()
     ax = axes[1][1]
     ax.plot(*_series(rows, "lr"), color="tab:purple", label="lr")
     ax.set_title("learning rate and grad norm")
     ax.set_xlabel("step")
+    ax.set_ylabel("learning rate", color="tab:purple")
     s, g = _series(rows, "grad_norm")
     if g:
         twin = ax.twinx()

@@ -11,7 +11,6 @@ shards and rewrites the index. Train on them with ``data.kind: precomputed``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -43,10 +42,10 @@ def run(cfg) -> dict:
     report = {}
     for split in SPLITS:
         t0 = time.perf_counter()
-        report[split] = precompute_split(cfg, split, out_dir, rank, world, encoder,
-                                         text_encoders, device)
-        report[split]["seconds"] = time.perf_counter() - t0
-        logger.info("rank %d %s: %s", rank, split, report[split])
+        with _counting_bar(encoder, f"precompute {split}", rank == 0):
+            report[split] = precompute_split(cfg, split, out_dir, rank, world, encoder,
+                                             text_encoders, device)
+        report[split]["seconds"] = round(time.perf_counter() - t0, 1)
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
@@ -57,6 +56,42 @@ def run(cfg) -> dict:
     return report
 
 
+class _counting_bar:
+    """A bar counting the batches the encoder encodes (terminal only; no total known)."""
+
+    def __init__(self, encoder, desc: str, enabled: bool):
+        self.encoder, self.desc, self.enabled = encoder, desc, enabled
+
+    def __enter__(self):
+        from moviegen.training.metrics import ProgressBar
+
+        self.bar = ProgressBar(None, 0, self.enabled, desc=self.desc)
+        encode = self.encoder.encode
+
+        def counted(x):
+            out = encode(x)
+            self.bar.update(1)
+            return out
+
+        self.encoder.encode = counted
+        return self
+
+    def __exit__(self, *exc):
+        del self.encoder.encode  # the class's method again
+        self.bar.close()
+
+
+def summary(report: dict, out_dir: str) -> str:
+    """One line: batches written per split, time, the index."""
+    parts = [f"{s} {r['written']} shards written"
+             + (f" ({r['already_done']} already done)" if r["already_done"] else "")
+             + (f", {r['skipped_files']} unreadable files skipped" if r["skipped_files"] else "")
+             + f" in {r['seconds']:.0f} s" for s, r in report.items() if s in SPLITS]
+    n = report.get("index", "?")
+    n = " + ".join(f"{v} {k}" for k, v in n.items()) if isinstance(n, dict) else n
+    return f"precompute: {'; '.join(parts)}; {n} samples in {out_dir}"
+
+
 def _run_checked(cfg: JobConfig) -> dict:
     try:
         check(cfg.data.precomputed_dir is not None, "data.precomputed_dir",
@@ -65,7 +100,8 @@ def _run_checked(cfg: JobConfig) -> dict:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2)
     report = run(cfg)
-    print(json.dumps(report, indent=1))
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(summary(report, cfg.data.precomputed_dir), flush=True)
     return report
 
 

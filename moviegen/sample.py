@@ -33,8 +33,10 @@ from moviegen.models.tokenizer import fps_prefix
 
 @torch.no_grad()
 def generate(model, encoders, cfg, prompts: list[str], latent_shape_CTHW, seed: int = 0,
-             steps: int | None = None, guidance: float | None = None, device="cpu"):
-    """Latents [B, C, T, H, W] for the prompts (captions get the FPS prefix)."""
+             steps: int | None = None, guidance: float | None = None, device="cpu",
+             progress: bool = False):
+    """Latents [B, C, T, H, W] for the prompts (captions get the FPS prefix).
+    ``progress``: a bar over the Euler steps (on a terminal only)."""
     captions = [fps_prefix(p, cfg.data.fps) for p in prompts]
     embeds, masks = encoders.encode(captions)
     cond = (embeds, masks)
@@ -45,6 +47,20 @@ def generate(model, encoders, cfg, prompts: list[str], latent_shape_CTHW, seed: 
                                          cfg.flow.linear_steps_as_if)
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn((len(prompts), *latent_shape_CTHW), generator=g).to(device)
+    if progress:
+        from moviegen.training.metrics import ProgressBar
+
+        bar, guided = ProgressBar(len(schedule) - 1, 0, True, desc="sample"), fn
+
+        def fn(x, t_B):
+            v = guided(x, t_B)
+            bar.update(1)
+            return v
+
+        try:
+            return euler_sample(fn, x0, schedule)
+        finally:
+            bar.close()
     return euler_sample(fn, x0, schedule)
 
 
@@ -131,7 +147,7 @@ def run(a: SampleArgs):
     C, T, H, W = default_latent_shape(a.checkpoint, cfg)
     shape = (C, a.frames or T, a.height or H, a.width or W)
     latents = generate(model, encoders, cfg, a.prompt, shape, a.seed, a.steps, a.guidance,
-                       a.device)
+                       a.device, progress=True)
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
     if tae_dir is None:
         torch.save({"latents": latents.cpu(), "prompts": a.prompt}, a.output)

@@ -33,9 +33,13 @@ if [ "$what" = test ] && [ "${CI:-}" = true ] && [ "$(id -u)" = 0 ] && command -
   bash scripts/install_slurm.sh || echo "[setup] SLURM install failed: its test will be skipped"
 fi
 
+# One thread per process unless OMP_NUM_THREADS is set: beside other work on a small
+# machine, more threads than free cores slow torch down many times over (set
+# OMP_NUM_THREADS=2 on an idle 2-core machine for a little more speed).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-${OMP_NUM_THREADS:-1}}"
 if [ "$what" = demo ]; then
+  echo "[setup] OMP_NUM_THREADS=$OMP_NUM_THREADS"
   exec "$PY" -m moviegen.demo "$@"
 else
-  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
   exec "$PY" -m pytest -q "$@"
 fi

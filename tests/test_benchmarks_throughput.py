@@ -5,11 +5,11 @@ import sys
 
 def test_throughput_benchmark_runs_and_reports(tmp_path):
     r = subprocess.run([sys.executable, "benchmarks/throughput.py", "--iters", "1", "--warmup", "1",
-                        "--ac", "none,full", "--out", str(tmp_path)],
+                        "--ac", "none,full", "--output", str(tmp_path / "t.json")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = json.loads((tmp_path / "throughput_cpu.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
     assert [row["ac"] for row in rows] == ["none", "full"]
     for row in rows:
         assert "error" not in row and row["tokens_per_s"] > 0 and row["mfu"] is None
-    assert "| tiny | 2 | 96 |" in (tmp_path / "throughput_cpu.md").read_text()
+    assert "| tiny | 2 | 96 |" in (tmp_path / "t.md").read_text()

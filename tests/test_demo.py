@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 av = pytest.importorskip("av")
@@ -16,8 +17,9 @@ def count_frames(path):
 def test_quick_demo_runs_every_stage_and_the_sampler_writes_playable_video(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run([sys.executable, "-m", "moviegen.demo", "--quick", "--output_dir", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+                       capture_output=True, timeout=600)  # bytes: text mode would hide "\r"
+    stdout, stderr = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 0, stderr[-3000:]
     summary = json.loads((out / "demo_summary.json").read_text())
     assert set(summary["wall_times_s"]) >= {"data", "tae", "precompute", "transformer", "sample", "total"}
     assert summary["tae"]["psnr_db"] is not None
@@ -28,6 +30,16 @@ def test_quick_demo_runs_every_stage_and_the_sampler_writes_playable_video(tmp_p
     for s in summary["samples"]:
         assert count_frames(s["video"]) == 16
         assert len(s["track_xy"]) == 16
+        assert {"colour", "motion", "shape", "ok"} <= s.keys()
+        assert s["colour"]["expected"] == s["prompt"].split()[1]
+    # it narrates: the plan up front, a result line per stage, per-sample verdicts, the
+    # paths; precompute is one line, not a JSON dump; no bar in a captured log
+    for i, stage in enumerate(("data", "tae", "precompute", "transformer", "sample", "plot"), 1):
+        assert f"[demo]   {i}. {stage}" in stdout and f"[demo {i}/6] {stage} done in" in stdout
+    assert stdout.count("colour ") >= 4 and "motion " in stdout
+    assert str(out / "demo_summary.json") in stdout
+    assert '"written"' not in stdout and "precompute: train" in stdout
+    assert "\r" not in stdout + stderr
     # the held-out pairing really is absent from the training data
     rows = [json.loads(l) for l in open(out / "data" / "manifest.jsonl")]
     assert not any("red" in r["caption"] and "from right to left" in r["caption"] for r in rows)
@@ -42,14 +54,26 @@ def test_quick_demo_runs_every_stage_and_the_sampler_writes_playable_video(tmp_p
     assert not (tmp_path / "cli.pt").exists()  # only what was asked for is written
 
 
-def test_shape_tracker_reads_motion():
+def test_judge_reads_colour_motion_and_shape():
     import torch
 
     from moviegen.data.synthetic import COLORS, DIRECTIONS, draw_shape
-    from moviegen.demo import motion_of, shape_track
-    for direction, ((x0, y0), (x1, y1)) in DIRECTIONS.items():
-        frames = [draw_shape(48, 48, "circle", COLORS["red"],
-                             (x0 + (x1 - x0) * k / 7, y0 + (y1 - y0) * k / 7), 14) for k in range(8)]
-        video = torch.tensor(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
-        assert motion_of(shape_track(video, "red")) == direction
-        assert motion_of(shape_track(video, "blue")) == "no shape found"
+    from moviegen.judge import judge
+
+    palette = ("red", "green", "blue", "yellow")
+    for shape in ("circle", "square"):
+        for direction, ((x0, y0), (x1, y1)) in DIRECTIONS.items():
+            frames = [draw_shape(48, 48, shape, COLORS["yellow"],
+                                 (x0 + (x1 - x0) * k / 7, y0 + (y1 - y0) * k / 7), 14)
+                      for k in range(8)]
+            video = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1
+            v = judge(video, f"a yellow {shape} moves {direction}", palette)
+            assert v["motion"]["ok"] and v["shape"]["ok"], (shape, direction, v)
+            assert v["colour"]["seen"] == "yellow" and v["colour"]["fraction"] > 0.8
+            # the same video judged against another caption: the colour is wrong
+            v = judge(video, f"a red {shape} moves {direction}", palette)
+            assert not v["colour"]["ok"] and v["colour"]["seen"] == "yellow"
+    empty = torch.from_numpy(np.stack([draw_shape(48, 48, "circle", COLORS["red"], (0.5, 0.5), 0)] * 4))
+    v = judge(empty.permute(3, 0, 1, 2).float() / 127.5 - 1, "a red circle moves from left to "
+              "right", palette)
+    assert v["motion"]["seen"] == "no shape found" and not v["colour"]["ok"]

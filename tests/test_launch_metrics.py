@@ -2,10 +2,13 @@
 trace for chosen steps, and the one-page plot from ``python -m moviegen.plot RUN_DIR``."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from moviegen import plot
+from moviegen.training.metrics import console_line
 from test_checkpoint import make_cfg
 from moviegen.training.diffusion import DiffusionTrainer as Trainer
 
@@ -60,3 +63,34 @@ def test_plot_writes_a_png(run_dir, tmp_path):
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(out) > 20_000
+
+
+def test_console_redirected_to_a_file_has_one_line_per_log_step_and_no_bar(tmp_path):
+    """The bar is on by default but stdout/stderr are a file here: no carriage returns,
+    one readable line per logged step with the numbers an operator watches."""
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, "-m", "moviegen.train", "--config",
+                            "launch/configs/tiny.yaml", "--train.steps=4", "--train.log_every=2",
+                            "--train.val_every=100", f"--output_dir={tmp_path / 'run'}"],
+                           stdout=f, stderr=subprocess.STDOUT, timeout=240)
+    text = log.read_bytes().decode()  # read_text would turn "\r" into "\n"
+    assert r.returncode == 0, text
+    assert "\r" not in text
+    lines = [x for x in text.splitlines() if "| loss " in x]
+    assert [x.split("train step ")[1].split(" |")[0] for x in lines] == ["2/4", "4/4"]
+    for x in lines:
+        for part in ("lr ", "tok/s", "TFLOP/s", "mem ", "data wait ", "ETA "):
+            assert part in x, (part, x)
+
+
+def test_console_line_prefers_mfu_and_skips_missing_numbers():
+    row = {"step": 30, "loss": 0.5, "lr": 1e-4, "tokens_per_s": 12345.0,
+           "tflops_per_device": 400.0, "mfu": 0.4, "step_time_s": 1.5, "max_mem_gb": 61.2,
+           "data_wait_s": 0.004}
+    line = console_line(row, 100, 3725)
+    assert line == ("step 30/100 | loss 0.5000 | lr 1.00e-04 | 12,345 tok/s | MFU 40.0% | "
+                    "1.50 s/step | mem 61.2 GB | data wait 4 ms | ETA 1:02:05")
+    row.update(tokens_per_s=None, mfu=None, tflops_per_device=None, loss=float("nan"))
+    assert console_line(row, 100, None) == ("step 30/100 | lr 1.00e-04 | 1.50 s/step | "
+                                            "mem 61.2 GB | data wait 4 ms")

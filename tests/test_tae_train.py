@@ -2,6 +2,7 @@
 errors, FSDP2 over 2 gloo ranks, the optional losses, the clip split, exact resume after
 SIGTERM, and a broken file among the clips."""
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -58,9 +59,14 @@ def _args(output_dir, data_dir, *extra):
             "--metrics.tensorboard=false", *extra]
 
 
-def test_short_training_run_writes_metrics_and_checkpoint(tmp_path, clip_dir):
+def test_short_training_run_writes_metrics_and_checkpoint(tmp_path, clip_dir, caplog):
     out = tmp_path / "run"
-    history = main(_args(str(out), clip_dir))
+    with caplog.at_level(logging.INFO, logger="moviegen.training"):
+        history = main(_args(str(out), clip_dir))
+    console = [r.getMessage() for r in caplog.records]
+    assert [m.split(" |")[0] for m in console if "| loss" in m] == [
+        f"tae step {s}/4" for s in (1, 2, 3, 4)]  # the same console line as the transformer
+    assert any(m.startswith("tae step 4/4: psnr") for m in console)
     rows = read_metrics(str(out))
     train_rows = [r for r in rows if "loss" in r]
     val_rows = [r for r in rows if "psnr" in r]

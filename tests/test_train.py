@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import torch
 
 from moviegen.config import load_config
 from moviegen.data.latents import SyntheticLatentDataset, SyntheticLatentLoader
+from moviegen.data.video_io import read_video
 from moviegen.training.metrics import read_metrics
 from moviegen.training.diffusion import DiffusionTrainer as Trainer
 from moviegen.training.optim import lr_lambda
@@ -88,3 +90,67 @@ def test_info_cli_reports_30b_and_73728_tokens():
     assert 29e9 <= info["parameters"]["total"] <= 31e9
     assert info["seq_len"] == 73728 and info["video"]["tokens"] == 73728
     assert 0.5 < info["attention_fraction"] < 0.7
+
+
+def test_training_writes_samples_every_sample_every_steps(tmp_path):
+    """Decoded videos (TAE) or latents (no TAE) under samples/step_N/, with EMA weights,
+    and the frames in TensorBoard; every sample_every steps and nowhere else."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from moviegen.models.tae import TAE, TAEConfig, save_tae
+
+    torch.manual_seed(0)
+    save_tae(TAE(TAEConfig(preset="tiny", base_channels=8, latent_channels=16)),
+             str(tmp_path / "tae"))
+    prompts = '["a red blob moves from left to right", "a blue blob moves from top to bottom"]'
+    common = ["--train.steps=5", "--train.sample_every=2", f"--train.sample_prompts={prompts}",
+              "--train.log_every=1", "--train.val_every=100", "--train.progress_bar=false",
+              "--flow.sample_steps=3", "--checkpoint.ema_decay=0.9"]
+    out = tmp_path / "video"
+    Trainer(load_config("launch/configs/tiny.yaml", [
+        *common, f"--output_dir={out}", f"--data.tae_checkpoint={tmp_path / 'tae'}",
+        "--metrics.tensorboard=true"])).fit()
+    assert sorted(os.listdir(out / "samples")) == ["step_2", "step_4"]
+    step = out / "samples" / "step_4"
+    assert json.loads((step / "prompts.json").read_text())["ema"] is True
+    for i in (0, 1):
+        video = read_video(str(step / f"sample_{i}.webm"))
+        assert video.shape[0] == 3 and video.shape[1] > 1  # decoded frames
+        assert (step / f"sample_{i}.gif").stat().st_size > 0
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Images("samples/0")] == [2, 4]
+
+    out = tmp_path / "latents"
+    Trainer(load_config("launch/configs/tiny.yaml", [*common, f"--output_dir={out}",
+                                                     "--checkpoint.ema_decay=0"])).fit()
+    assert sorted(os.listdir(out / "samples")) == ["step_2", "step_4"]
+    saved = torch.load(out / "samples" / "step_2" / "latents.pt", weights_only=True)
+    assert saved["latents"].shape == (2, 16, 4, 8, 12) and torch.isfinite(saved["latents"]).all()
+    assert saved["prompts"][1] == "a blue blob moves from top to bottom"
+
+
+def test_ema_weights_apply_inside_the_block_only():
+    from moviegen.training.ema import EMA
+
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, 0.5)
+    before = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # shadow = before + 0.5
+    trained = model.weight.detach().clone()
+    with ema.applied(model):
+        assert torch.allclose(model.weight, before + 0.5)
+    assert torch.equal(model.weight, trained)
+
+
+def test_help_keeps_the_torchrun_example_on_two_lines():
+    r = subprocess.run([sys.executable, "-m", "moviegen.train", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    i = next(k for k, x in enumerate(lines) if x.lstrip().startswith("torchrun"))
+    assert lines[i].endswith("tiny.yaml \\") and lines[i].startswith("    torchrun ")
+    assert lines[i + 1] == "        --parallel.dp_shard=2 --parallel.cp=2 --parallel.tp=2"
+    assert "train.sample_every" in r.stdout and "train.sample_prompts" in r.stdout

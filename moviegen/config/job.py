@@ -226,7 +226,8 @@ class TrainConfig:
     val_every: int = 100
     """Validation loss every this many steps (and at step 0 and at the end)."""
     progress_bar: bool = True
-    """Show a console progress bar on rank 0."""
+    """Show a console progress bar on rank 0 when stderr is a terminal (redirected to a
+    file, the console gets one line per logged step and no bar)."""
     device: str = "auto"
     """auto (cuda when available), cuda or cpu."""
     init_from: Optional[str] = None
@@ -234,6 +235,12 @@ class TrainConfig:
     to this stage's model.max_latent_* (see position_resize)."""
     position_resize: str = "interpolate"
     """How init_from's position tables reach this stage's sizes: interpolate or extend."""
+    sample_every: int = 0
+    """Generate train.sample_prompts every this many steps (0: never; the transformer
+    only): videos decoded with data.tae_checkpoint (else latents .pt) under
+    <output_dir>/samples/step_N/ and in TensorBoard; EMA weights when EMA is on."""
+    sample_prompts: list[str] = field(default_factory=list)
+    """Captions to sample during training (with train.sample_every)."""
 
     def validate(self) -> None:
         check(self.steps >= 0, "train.steps", "must be >= 0")
@@ -246,6 +253,12 @@ class TrainConfig:
         check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
         check_choice(self.position_resize, "train.position_resize", ("interpolate", "extend"))
+        check(self.sample_every >= 0, "train.sample_every", "must be >= 0 (0: no samples)")
+        check(not self.sample_every or self.sample_prompts, "train.sample_prompts",
+              "train.sample_every is set but there is no prompt to sample: give at least one, "
+              "e.g. --train.sample_prompts='[\"a red circle moves from right to left\"]'")
+        check(all(p.strip() for p in self.sample_prompts), "train.sample_prompts",
+              "a prompt is empty")
 
 
 @dataclass

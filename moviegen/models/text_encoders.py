@@ -10,6 +10,7 @@ The trainable per-slot Linear + LayerNorm lives in the transformer (``text_proj`
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -61,7 +62,27 @@ def _load_tokenizer(name: str, path: str, max_length: int):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+@contextlib.contextmanager
+def _no_hf_bars():
+    """transformers' own loading/saving bars off: a second of work, and carriage-return
+    noise in a log file."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def _load_model(name: str, path: str):
+    with _no_hf_bars():
+        return _load_model_quietly(name, path)
+
+
+def _load_model_quietly(name: str, path: str):
     from transformers import AutoConfig, CLIPTextModel, T5EncoderModel
 
     config = AutoConfig.from_pretrained(path, local_files_only=True)
@@ -132,11 +153,12 @@ class TextEncoders(nn.Module):
     def save_builtin(self, directory: str) -> dict[str, str]:
         """Writes built-in encoders with save_pretrained; returns slot -> path."""
         paths = {}
-        for name, enc in self.encoders.items():
-            if enc.builtin:
-                path = os.path.join(directory, name)
-                enc.model.save_pretrained(path)
-                paths[name] = path
+        with _no_hf_bars():
+            for name, enc in self.encoders.items():
+                if enc.builtin:
+                    path = os.path.join(directory, name)
+                    enc.model.save_pretrained(path)
+                    paths[name] = path
         return paths
 
 

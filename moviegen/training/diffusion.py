@@ -116,6 +116,11 @@ class DiffusionTrainer(Trainer):
         B = self.last_batch_shape[0]
         return loss.detach(), {"tokens": tokens * B, "flops": flops * B}
 
+    def write_samples(self, log) -> None:
+        from moviegen.training.samples import write_samples
+
+        write_samples(self, log.writer, self.step)
+
     def after_backward(self) -> None:
         self.parallel.finish_grads()  # TP: sum sequence-parallel partial grads
 

@@ -14,6 +14,8 @@ EMA keys match ``model.state_dict()`` of the plain, unwrapped model.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 
@@ -49,6 +51,22 @@ class EMA:
         except (RuntimeError, NotImplementedError):  # mixed DTensor meshes in one list
             for s, p in zip(shadow, params):
                 s.lerp_(p, 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module):
+        """The model runs with the EMA weights inside the block (shard by shard, no
+        communication); its own weights are back afterwards."""
+        params = self._params(model)
+        with torch.no_grad():
+            saved = [p.clone() for p in params]
+            for p, s in zip(params, self.shadow.values()):
+                p.copy_(s)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, saved):
+                    p.copy_(s)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)

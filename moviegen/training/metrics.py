@@ -2,7 +2,8 @@
 
 ``RunLog`` is what the training loop talks to: it accumulates a window of steps, writes one
 row every ``train.log_every`` steps (one host read of the losses per row), a row per
-validation, TensorBoard/wandb, the progress bar and profiler traces.
+validation, TensorBoard/wandb, one console line per logged row (step/total, loss, lr,
+tokens/s, MFU or TFLOP/s, memory, data wait, ETA), the progress bar and profiler traces.
 
 Fields: step, loss, lr, grad_norm, step_time_s, tokens_per_s,
 tflops_per_device, mfu (null on CPU), max_mem_gb, data_wait_s; also fwd_bwd_s,
@@ -19,9 +20,11 @@ import math
 import os
 import resource
 import sys
+import time
 
 import torch
 
+_log = logging.getLogger("moviegen.training")
 
 def max_memory_gb(device: torch.device) -> float:
     """Peak allocated CUDA memory, or the process's peak resident set size on CPU."""
@@ -98,6 +101,19 @@ class MetricsWriter:
         if self._wandb is not None and step is not None:
             self._wandb.log(scalars, step=step)
 
+    def add_video(self, tag: str, video_CTHW: torch.Tensor, step: int, fps: int) -> None:
+        """A [3, T, H, W] video in [-1, 1] to TensorBoard: a video where moviepy is
+        installed (SummaryWriter.add_video needs it), else the frames side by side."""
+        if not self.enabled or self._tb is None:
+            return
+        frames = ((video_CTHW.float().clamp(-1, 1) + 1) / 2).cpu()
+        try:
+            import moviepy  # noqa: F401
+        except ImportError:
+            self._tb.add_image(tag, torch.cat(frames.unbind(1), dim=-1), step)  # [3, H, T*W]
+        else:
+            self._tb.add_video(tag, frames.permute(1, 0, 2, 3)[None], step, fps=fps)
+
     def close(self) -> None:
         if not self.enabled:
             return
@@ -135,15 +151,22 @@ def read_metrics(output_dir: str) -> list[dict]:
 
 
 class ProgressBar:
-    """tqdm on rank 0 when stderr is a terminal or when asked; silent otherwise."""
+    """tqdm on rank 0 when asked and stderr is a terminal; nothing otherwise (a log file
+    gets the per-step lines only, no carriage-return updates).
+
+    While the bar is open, log records of the console handlers go through ``tqdm.write``
+    (tqdm.contrib.logging), so a line never lands on top of the bar."""
 
     def __init__(self, total: int, initial: int, enabled: bool, desc: str = "train"):
-        self.bar = None
-        if enabled:
+        self.bar = self._redirect = None
+        if enabled and sys.stderr.isatty():
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
                             file=sys.stderr, mininterval=1.0)
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
 
     def update(self, n: int = 1, **postfix) -> None:
         if self.bar is not None:
@@ -153,7 +176,36 @@ class ProgressBar:
 
     def close(self) -> None:
         if self.bar is not None:
+            self._redirect.__exit__(None, None, None)
             self.bar.close()
+            self.bar = None
+
+
+def format_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 3600:
+        return f"{s // 60}:{s % 60:02d}"
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def console_line(row: dict, total: int, eta_s: float | None) -> str:
+    """One line per logged step: what an operator watches, from the metrics row."""
+    parts = [f"step {row['step']}/{total}"]
+    for key, fmt in (("loss", "loss {:.4f}"), ("lr", "lr {:.2e}")):
+        if row.get(key) is not None and math.isfinite(row[key]):
+            parts.append(fmt.format(row[key]))
+    if row.get("tokens_per_s"):
+        parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
+    if row.get("mfu") is not None:
+        parts.append(f"MFU {100 * row['mfu']:.1f}%")
+    elif row.get("tflops_per_device"):
+        parts.append(f"{row['tflops_per_device']:.3g} TFLOP/s")
+    parts.append(f"{row['step_time_s']:.2f} s/step")
+    parts.append(f"mem {row['max_mem_gb']:.1f} GB")
+    parts.append(f"data wait {1000 * row['data_wait_s']:.0f} ms")
+    if eta_s is not None:
+        parts.append(f"ETA {format_duration(eta_s)}")
+    return " | ".join(parts)
 
 
 class StepProfiler:
@@ -214,6 +266,7 @@ class RunLog:
                 f", MFU against {peak_name}" if peak_name else "")
         self.bar = ProgressBar(self.steps, trainer.step, trainer.is_main
                                and cfg.train.progress_bar, desc=trainer.label)
+        self._t0, self._step0 = time.perf_counter(), trainer.step  # for the ETA
         self._reset()
 
     def __enter__(self) -> "RunLog":
@@ -279,10 +332,15 @@ class RunLog:
         row.update(w["last"])
         self.writer.write(row)
         self.bar.update(n, loss=f"{loss:.4f}")
+        if t.is_main:
+            done = step - self._step0
+            eta = ((time.perf_counter() - self._t0) / done * (self.steps - step)
+                   if done > 0 else None)
+            _log.info("%s %s", t.label, console_line(row, self.steps, eta))
         self._reset()
 
     def validation(self, step: int, result: dict) -> None:
         self.writer.write({"step": step, **result})
         if self.t.is_main:
-            logging.getLogger("moviegen.training").info(
-                "step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+            _log.info(
+                "%s step %d/%d: %s", self.t.label, step, self.steps, ", ".join(f"{k} {v:.4f}" for k, v in result.items()))

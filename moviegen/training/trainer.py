@@ -9,6 +9,7 @@ A model's trainer subclasses ``Trainer`` and supplies what differs (torchtitan's
     forward_backward(batch)    loss.backward() on one batch; returns (loss, metrics)
     validate()                 {"val_loss": ...} or {"psnr": ...} on the held-out split
     export()                   the inference artefacts at the end (a collective)
+    write_samples(log)         optional: samples every train.sample_every steps
 
 Everything else is here, once: device and process group (after the layout is checked),
 AdamW + warmup/cosine schedule, global gradient clipping, the non-finite guard (a skipped
@@ -118,6 +119,10 @@ class Trainer:
     def export(self) -> None:
         raise NotImplementedError
 
+    def write_samples(self, log: RunLog) -> None:
+        """Every train.sample_every steps, on every rank (a sharded forward is a
+        collective); nothing for a model without a sampler."""
+
     def after_backward(self) -> None:
         """Between backward and clipping (e.g. TP's sequence-parallel gradient sums)."""
 
@@ -174,6 +179,8 @@ class Trainer:
                 self.ckpt.save_if_due(self.step, cfg.train.steps)
                 if self.step % cfg.train.val_every == 0 or self.step == cfg.train.steps:
                     self._validate(log, history)
+                if cfg.train.sample_every and self.step % cfg.train.sample_every == 0:
+                    self.write_samples(log)
         if not history["preempted"]:
             self.ckpt.save_final(self.step)
             self.export()
