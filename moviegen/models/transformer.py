@@ -202,6 +202,9 @@ class Attention(nn.Module):
             nn.init.trunc_normal_(lin.weight, std=0.02)
         nn.init.trunc_normal_(self.wo.weight, std=std)
 
+    def window_for(self, grid_thw) -> tuple[int, int, int]:
+        return effective_window(self.window, grid_thw)
+
     def window_attention(self, q_BNSE, k_BNLE, v_BNLE, q_grid, kv_grid, win_thw):
         """Attention within windows. K/V cover ``kv_grid`` (whole windows); the queries
         cover ``q_grid``, the same h x w and an equal share of frames of every window in
@@ -225,7 +228,7 @@ class Attention(nn.Module):
             if grid_thw is None or math.prod(grid_thw) != S:
                 raise ValueError(f"window attention needs the patch grid of its {S} tokens, "
                                  f"got grid_thw={grid_thw}")
-            win = effective_window(self.window, grid_thw)
+            win = self.window_for(grid_thw)
             out = self.window_attention(q, k, v, grid_thw, grid_thw, win)
         else:
             out = self.core(q, k, v, key_padding_mask_BL)  # (B, N, S, E)
