@@ -56,4 +56,4 @@ def test_window_exchange_plan():
     assert window_exchange((4, 4, 6), (2, 2, 3), 4) == 2       # pairs of ranks
     assert window_exchange((4, 4, 6), (4, 2, 3), 2) == 2
     assert window_exchange((1, 4, 6), (1, 2, 3), 2) is None    # a frame split: fallback
-    assert window_exchange((6, 4, 6), (4, 2, 3), 3) is None    # uneven straddle: fallback
+    assert window_exchange((6, 4, 6), (2, 2, 3), 2) is None    # 3 frames, 2-frame windows
