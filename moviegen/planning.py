@@ -71,8 +71,11 @@ def cp_comm(args, grid_thw, text_len: int, cp: int, tp: int, ac: str) -> dict:
                layers=args.n_layers, tp=tp, cp=cp, b=2)
     kinds = cp_kv_ranks(args, grid_thw, cp)
     comm = comm_bytes_per_rank(sh, 1, 1, 0, ac, cp_kv_ranks=kinds)
-    first = {"spatial" if i % 2 == 0 or args.attention_pattern == "full" else
-             "spatiotemporal": (i, k) for i, k in reversed(list(enumerate(kinds)))}
+    if args.attention_pattern == "full":
+        first = {"every block": (0, kinds[0])}
+    else:
+        first = {"spatial" if i % 2 == 0 else "spatiotemporal": (i, k)
+                 for i, k in reversed(list(enumerate(kinds)))}
     return {"cp_gb_per_step": comm["cp"] / GB,
             "per_block_forward_gb": {name: {"exchange": _exchange_name(k, cp),
                                             "gb": cp_block_bytes(sh, k) / GB if cp > 1 else 0.0}
