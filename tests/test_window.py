@@ -112,3 +112,44 @@ def test_config_refuses_windows_that_do_not_tile_the_data():
             "--model.spatiotemporal_window=6"], JobConfig)
     with pytest.raises(ConfigError, match="model.attention_pattern"):
         load_config("launch/configs/tiny.yaml", ["--model.attention_pattern=sliding"], JobConfig)
+
+
+def test_window_flops_per_block_and_info():
+    from moviegen.info import main
+    from moviegen.models.flops import flops_per_sample
+    from moviegen.planning import model_args_for
+    args = model_args_for("30b", "window", (16, 16), (8, 8, 8))
+    grid, S = (32, 48, 48), 73728
+    fl = flops_per_sample(args, S, 768, grid)
+    # 24 spatial blocks of 256 keys per query, 24 spatiotemporal blocks of 512
+    assert fl["self_attention"] == 12 * S * args.dim * 24 * (256 + 512)
+    full = flops_per_sample(model_args_for("30b"), S, 768)
+    assert full["self_attention"] == 12 * 48 * S * S * args.dim
+    assert fl["dense"] == full["dense"]
+    with pytest.raises(ValueError, match="patch grid"):
+        flops_per_sample(args, S, 768)  # never a silent full-attention count
+    info = main(["--model", "30b", "--seq_len", "73728", "--attention_pattern", "window",
+                 "--world", "256", "--cp", "8", "--tp", "8"])
+    assert info["flops_per_sample"]["attention"] == fl["attention"]
+    cp = info["memory_per_gpu"]["context_parallel"]["per_block_forward_gb"]
+    assert cp["spatial"]["gb"] == 0.0
+    # cp 8: 4 frames per rank, 8-frame windows: K and V of 9216 tokens to one other rank
+    assert cp["spatiotemporal"]["gb"] == pytest.approx(2 * 9216 * 6144 / 8 * 2 / 1e9)
+
+
+def test_tiny_window_run_learns():
+    from moviegen.flow import flow_matching_loss
+    torch.manual_seed(0)
+    model = build_model(window_args())
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = make_batch("video", 4, seed=7)
+    x_t, t, target, embeds, masks = batch
+    losses = []
+    for _ in range(30):
+        sum_sq, count = flow_matching_loss(model(x_t, t, embeds, masks), target)
+        loss = sum_sq / count
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
