@@ -9,6 +9,7 @@ are read from rank 0's shards, activations come from the per-block model.
 from __future__ import annotations
 
 import dataclasses
+import math
 from types import SimpleNamespace
 
 import torch
@@ -38,10 +39,12 @@ def model_args_for(name: str, attention_pattern: str = "full", spatial_window=(1
 
 
 def grid_for(args, seq_len: int, height: int = 768, width: int = 768) -> tuple[int, int, int]:
-    """The patch grid of ``seq_len`` tokens at ``height`` x ``width`` pixels (t = the rest)."""
+    """The patch grid of ``seq_len`` tokens at ``height`` x ``width`` pixels (t = the rest);
+    None for full attention when the tokens are not whole frames."""
     tok = tokens_for(height, width, 1, args)
     hw = tok["grid_h"] * tok["grid_w"]
-    if seq_len % hw:
+    if seq_len % hw and args.attention_pattern == "full":
+        return None  # full attention's figures do not depend on the grid
         raise SystemExit(f"--seq_len {seq_len} is not a whole number of {tok['grid_h']} x "
                          f"{tok['grid_w']}-patch frames ({height} x {width} px); give "
                          f"--height/--width that make it one")
@@ -63,10 +66,10 @@ def cp_kv_ranks(args, grid_thw, cp: int) -> list:
             for i in range(args.n_layers)]
 
 
-def cp_comm(args, grid_thw, text_len: int, cp: int, tp: int, ac: str) -> dict:
+def cp_comm(args, grid_thw, seq_len: int, text_len: int, cp: int, tp: int, ac: str) -> dict:
     """Context-parallel bytes per rank per step (one sample per CP x TP group) and per
     block forward, for this model's attention pattern (GB = 1e9 bytes)."""
-    S = grid_thw[0] * grid_thw[1] * grid_thw[2]
+    S = math.prod(grid_thw) if grid_thw is not None else seq_len
     sh = Shape(S=S, D=args.dim, F=args.ffn_dim, N=args.n_heads, L=text_len,
                layers=args.n_layers, tp=tp, cp=cp, b=2)
     kinds = cp_kv_ranks(args, grid_thw, cp)
@@ -177,5 +180,6 @@ def memory_per_gpu(name: str, seq_len: int, text_len: int, world: int, dp_replic
                       "dp_shard": dims.dp_shard, "cp": cp, "tp": tp, "ac": ac},
            **layout_memory(static, args, dims, seq_len, text_len, ac)}
     out[f"fits_{gpu_mem_gb:g}gb"] = out["total_gb"] < headroom * gpu_mem_gb
-    out["context_parallel"] = cp_comm(args, grid_for(args, seq_len), text_len, cp, tp, ac)
+    out["context_parallel"] = cp_comm(args, grid_for(args, seq_len), seq_len, text_len, cp,
+                                   tp, ac)
     return out

@@ -1,6 +1,7 @@
 """The Movie Gen transformer: a flow-matching DiT over TAE latents.
 
-Read top to bottom: sizes, building blocks, one transformer block, the model.
+Read top to bottom: sizes, building blocks, one transformer block, the model. One file
+on purpose, so the whole architecture reads in one place.
 
 Shape legend
     B batch, C latent channels (16), T/H/W latent frames/height/width,
