@@ -32,7 +32,10 @@ and one block's unsharded gradients, "act" = modelled activation peak, "total" v
 --gpu_mem_gb (fits = below --headroom of it, leaving room for the CUDA context, NCCL
 buffers and fragmentation). Communication columns are GB sent per rank per step for
 FSDP, TP and our CP (all-gather K/V) and, for comparison, ring attention and Ulysses at
-the same cp. Frozen text encoders are not counted (embeddings precomputed).
+the same cp (full attention); "CP MB/block" = MB one block sends forward for CP (with
+--attention_pattern window: spatial / spatiotemporal blocks, which exchange K/V only
+within a window's ranks when the split falls on frames). Frozen text encoders are not
+counted (embeddings precomputed).
 
 The 30B is sharded with 2 of its 48 identical blocks (FSDP shards each block on its own,
 so the per-rank state scales exactly with depth; sharding all 48 over 6,144 ranks takes
@@ -57,7 +60,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from moviegen.planning import model_args_for, sharded_model  # noqa: E402
+from moviegen.planning import cp_kv_ranks, grid_for, model_args_for, sharded_model  # noqa: E402
 from parallel.memory_model import (GB, Shape, comm_bytes_per_rank, fake_world,  # noqa: E402
                                    full_blocks_for_budget, layout_dims, layout_memory,
                                    recompute_fraction, sharded_state_bytes,
@@ -86,7 +89,7 @@ def valid_layouts(args, world: int, seq_len: int, tps, cps, gpus_per_node: int):
 def step_time(a, args, dims, sh: Shape, ac: str, full_blocks: int, comm: dict) -> dict:
     from moviegen.models.flops import flops_per_sample
 
-    flops = flops_per_sample(args, sh.S, sh.L)["total"]
+    flops = flops_per_sample(args, sh.S, sh.L, grid_for(args, sh.S))["total"]
     rf = recompute_fraction(args, sh, ac, full_blocks)
     # recomputation repeats part of the forward, which is a third of forward + backward
     rank_flops = flops * (1 + rf / 3) / (dims.cp * dims.tp)
@@ -106,7 +109,9 @@ def step_time(a, args, dims, sh: Shape, ac: str, full_blocks: int, comm: dict) -
 
 
 def plan(a) -> tuple[list[dict], list[str]]:
-    args = model_args_for(a.model)
+    args = model_args_for(a.model, a.attention_pattern, a.spatial_window,
+                          a.spatiotemporal_window)
+    grid = grid_for(args, a.seq_len)
     layouts, skipped = valid_layouts(args, a.world, a.seq_len, a.tp, a.cp, a.gpus_per_node)
     if not layouts:
         raise SystemExit("no valid layout: " + "; ".join(skipped))
@@ -137,19 +142,26 @@ def plan(a) -> tuple[list[dict], list[str]]:
                 mem = layout_memory(static, args, dims, a.seq_len, a.text_len, mode, k)
                 comm = comm_bytes_per_rank(sh, dims.fsdp, dims.dp_replicate,
                                            static["block_params_per_tp_rank"] * args.n_layers,
-                                           mode)
+                                           mode, cp_kv_ranks=cp_kv_ranks(args, grid, cp))
                 row = {"model": a.model, "world": a.world, "dp_replicate": dims.dp_replicate,
                        "dp_shard": dims.dp_shard, "cp": cp, "tp": tp, "ac": ac,
                        "ac_full_blocks": k, "tokens": a.seq_len, "text_tokens": a.text_len,
                        **mem,
                        f"fits_{a.gpu_mem_gb:g}gb": mem["total_gb"] * GB < limit,
-                       "comm_gb": {key: v / GB for key, v in comm.items()},
+                       "comm_gb": {key: ([x / GB for x in v] if isinstance(v, list) else v / GB)
+                                   for key, v in comm.items()},
                        **step_time(a, args, dims, sh, mode, k, comm)}
                 row["fits"] = row[f"fits_{a.gpu_mem_gb:g}gb"]
                 rows.append(row)
             print(f"  parallelized tp={tp} cp={cp} ({len(a.ac)} AC modes) in "
                   f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return rows, skipped
+
+
+def block_mb(per_block_gb: list) -> str:
+    """CP MB one block sends forward: one figure, or spatial / spatiotemporal ones."""
+    kinds = list(dict.fromkeys(round(1e3 * x, 1) for x in per_block_gb[:2]))
+    return " / ".join(f"{x:g}" for x in kinds)
 
 
 def best(rows):
@@ -164,7 +176,7 @@ def ac_name(r) -> str:
 def table(rows, gpu_mem_gb) -> list[str]:
     head = ("| rank | dp_shard | cp | tp | AC | params/rank | state GB | fsdp buf GB | act GB | "
             f"total GB | fits {gpu_mem_gb:g}GB | step s | samples/s | MFU | FSDP GB | TP GB | "
-            "CP GB | ring GB | Ulysses GB |")
+            "CP GB | CP MB/block | ring GB | Ulysses GB |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     order = sorted(rows, key=lambda r: (not r["fits"], -r["samples_per_s"]))
     for i, r in enumerate(order):
@@ -176,6 +188,7 @@ def table(rows, gpu_mem_gb) -> list[str]:
             f"{r['fsdp_buffer_gb']:.2f} | {r['activation_gb']:.1f} | {r['total_gb']:.1f} | "
             f"{'yes' if r['fits'] else 'no'} | {r['step_s']:.2f} | {r['samples_per_s']:.1f} | "
             f"{100 * r['mfu']:.0f}% | {c['fsdp']:.1f} | {c['tp']:.1f} | {c['cp']:.1f} | "
+            f"{block_mb(c['cp_block_forward'])} | "
             f"{c['ring_attention']:.1f} | {c['ulysses']:.1f} |")
     return lines
 
@@ -217,6 +230,12 @@ def parse(argv=None):
     ap.add_argument("--cp", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--ac", nargs="+", default=list(AC_CHOICES), choices=AC_CHOICES)
     ap.add_argument("--gpus_per_node", type=int, default=8)
+    ap.add_argument("--attention_pattern", default="full", choices=["full", "window"],
+                    help="window: W.A.L.T spatial / spatiotemporal windows on alternate blocks "
+                         "(the grid: 48 x 48 patches per frame, 768px)")
+    ap.add_argument("--spatial_window", type=int, nargs=2, default=[16, 16], metavar=("H", "W"))
+    ap.add_argument("--spatiotemporal_window", type=int, nargs=3, default=[8, 8, 8],
+                    metavar=("T", "H", "W"))
     ap.add_argument("--peak_tflops", type=float, default=989.0,
                     help="dense bf16 peak per GPU (H100 SXM: 989)")
     ap.add_argument("--compute_efficiency", type=float, default=0.5,

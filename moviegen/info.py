@@ -4,6 +4,7 @@
     python -m moviegen.info --model 30b --height 768 --width 768 --frames 256
 
     python -m moviegen.info --model 30b --world 6144 --tp 8 --cp 4 --ac selective
+    python -m moviegen.info --model 30b --seq_len 73728 --attention_pattern window
 
 Parameters are counted from the module itself (no memory: meta device), with the real
 text-encoder widths (UL2 4096, ByT5 1472, MetaCLIP 1024) for the large sizes. FLOPs per
@@ -12,12 +13,14 @@ training sample follow moviegen.models.flops (forward + backward, recomputation 
 --tp/--ac, from the same memory model as benchmarks/plan.py (parallel/memory_model.py):
 the real ``parallelize`` on a fake process group of --world ranks, parameter/gradient/
 AdamW bytes read from rank 0's shards (fp32 master), the FSDP working set, and the
-activation peak for one sample per CP x TP group.
+activation peak for one sample per CP x TP group, and the context-parallel bytes per
+step and per block forward. With --attention_pattern window the FLOPs are those of the
+windows (W.A.L.T), next to full attention's for comparison.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from moviegen.config import check, run_cli
@@ -51,10 +54,23 @@ class InfoArgs:
     """Activation checkpointing: none, selective or full."""
     gpu_mem_gb: float = 80.0
     """Memory per GPU: 80 (H100) or 141 (H200)."""
+    attention_pattern: str = "full"
+    """Self-attention: full, or window (W.A.L.T spatial / spatiotemporal windows)."""
+    spatial_window: list[int] = field(default_factory=lambda: [16, 16])
+    """[h, w] patches of the spatial windows (--attention_pattern window)."""
+    spatiotemporal_window: list[int] = field(default_factory=lambda: [8, 8, 8])
+    """[t, h, w] patches of the spatiotemporal windows (--attention_pattern window)."""
 
     def validate(self) -> None:
         check(self.model in MODEL_REGISTRY, "model",
               f"'{self.model}' is not registered ({', '.join(MODEL_REGISTRY)})")
+        check(self.attention_pattern in ("full", "window"), "attention_pattern",
+              f"'{self.attention_pattern}' is not one of full, window")
+        check(len(self.spatial_window) == 2 and min(self.spatial_window) >= 1,
+              "spatial_window", f"expected two positive ints, got {self.spatial_window}")
+        check(len(self.spatiotemporal_window) == 3 and min(self.spatiotemporal_window) >= 1,
+              "spatiotemporal_window",
+              f"expected three positive ints, got {self.spatiotemporal_window}")
         check(self.ac in ("none", "selective", "full"), "ac",
               f"'{self.ac}' is not one of none, selective, full")
         for k in ("world", "dp_replicate", "cp", "tp", "height", "width", "frames"):
@@ -65,10 +81,12 @@ class InfoArgs:
 
 
 def run(a: InfoArgs) -> dict:
-    info = model_info(a.model, a.seq_len, a.height, a.width, a.frames, a.text_len)
+    window = {"attention_pattern": a.attention_pattern, "spatial_window": a.spatial_window,
+              "spatiotemporal_window": a.spatiotemporal_window}
+    info = model_info(a.model, a.seq_len, a.height, a.width, a.frames, a.text_len, **window)
     info["memory_per_gpu"] = memory_per_gpu(a.model, info["seq_len"], info["text_len"],
                                             a.world, a.dp_replicate, a.cp, a.tp, a.ac,
-                                            a.gpu_mem_gb)
+                                            a.gpu_mem_gb, window=window)
     print(json.dumps(info, indent=2))
     return info
 

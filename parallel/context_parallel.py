@@ -25,6 +25,15 @@ backward, the Q projection's backward, then issues the reduce-scatters of dV and
 the V projection's backward (dX and dW of wv) runs while dK is being reduce-scattered.
 The gathers are not overlapped with the attention kernel itself (flash attention needs
 the whole K and V) - ring attention would, at (cp-1)x more latency-bound steps.
+
+Window attention (the model's ``attention_pattern=window``, W.A.L.T): when the CP split
+falls on frame boundaries (cp divides the t frames; f = t/cp frames per rank) a rank's
+queries need only the K/V of their own windows (``window_exchange``):
+  spatial windows, or time windows that f is a multiple of: nothing is exchanged;
+  time windows of a = g x f frames (g ranks): K and V go to the g-1 other ranks of the
+    window (one all-to-all with empty splits for the rest; backward sums dK, dV back);
+  otherwise (frames split across ranks, or windows straddling ranks unevenly): the
+    fallback all-gathers Q, K and V, attends over every window, keeps the local rows.
 """
 from __future__ import annotations
 
@@ -45,16 +54,48 @@ def _tokens_back(x_SBE: torch.Tensor) -> torch.Tensor:
     return x_SBE.transpose(0, 1)  # waits here, on first use
 
 
+def window_exchange(grid_thw, win_thw, cp: int) -> int | None:
+    """How many CP ranks' K/V (its own included) one rank's windowed queries read:
+    1 = its own only, g = its aligned group of g ranks, None = the all-gather fallback."""
+    t, a = grid_thw[0], win_thw[0]
+    if t % cp:
+        return None  # a rank's tokens do not end on a frame boundary
+    f = t // cp
+    if f % a == 0:
+        return 1
+    if a % f == 0:
+        return a // f
+    return None
+
+
+def _group_gather_tokens(x_BsE: torch.Tensor, group, rank: int, cp: int, g: int):
+    """[B, s, E] -> [B, g*s, E]: the tokens of this rank's group of g consecutive ranks,
+    in rank order. One all-to-all over the CP group (zero-sized splits outside the
+    group); autograd: the backward all-to-all returns each copy's gradient, and the
+    repeat sums them."""
+    s = x_BsE.shape[1]
+    first = rank - rank % g
+    splits = [s if first <= r < first + g else 0 for r in range(cp)]
+    x_SBE = x_BsE.transpose(0, 1).contiguous().repeat(g, 1, 1)  # a copy per receiver
+    out = funcol.all_to_all_single_autograd(x_SBE, splits, splits, group)
+    return out.transpose(0, 1)
+
+
 class ContextParallelAttention:
     """Self-attention over the full context from a sequence shard. A mixin placed in front
     of the model's attention class (class swap), so parameter names and TP hooks stay as
-    they were; it needs ``wq``/``wk``/``wv``/``wo`` projections, ``head_dim`` and ``core``."""
+    they were; it needs ``wq``/``wk``/``wv``/``wo`` projections, ``head_dim`` and ``core``,
+    and for windows ``window``, ``window_for`` and ``window_attention``."""
 
     cp_group: object = None
+    cp_rank: int = 0
+    cp_size: int = 1
 
-    def forward(self, x_BSD, context_BLD=None, key_padding_mask_BL=None):
+    def forward(self, x_BSD, context_BLD=None, key_padding_mask_BL=None, grid_thw=None):
         if context_BLD is not None or key_padding_mask_BL is not None:
             raise ValueError("ContextParallelAttention is for unmasked self-attention")
+        if getattr(self, "window", None) is not None:
+            return self._window_forward(x_BSD, grid_thw)
         B, s, _ = x_BSD.shape  # s = S/cp tokens (after the TP gather, if any)
         k_full = _all_gather_tokens_async(self.wk(x_BSD), self.cp_group)  # K in flight
         v_full = _all_gather_tokens_async(self.wv(x_BSD), self.cp_group)  # V in flight
@@ -62,6 +103,33 @@ class ContextParallelAttention:
         k = _tokens_back(k_full).reshape(B, -1, q.shape[1], self.head_dim).transpose(1, 2)
         v = _tokens_back(v_full).reshape(B, -1, q.shape[1], self.head_dim).transpose(1, 2)
         out = self.core(q, k, v, None)                                    # (B, N, s, E)
+        return self.wo(out.transpose(1, 2).reshape(B, s, -1))
+
+    def _window_forward(self, x_BSD, grid_thw):
+        B, s, _ = x_BSD.shape
+        if grid_thw is None or s * self.cp_size != grid_thw[0] * grid_thw[1] * grid_thw[2]:
+            raise ValueError(f"window attention needs the full patch grid of {s} x "
+                             f"{self.cp_size} tokens, got grid_thw={grid_thw}")
+        win = self.window_for(grid_thw)
+        g = window_exchange(grid_thw, win, self.cp_size)
+        E = self.head_dim
+
+        def heads(t_BsD):
+            return t_BsD.reshape(B, t_BsD.shape[1], -1, E).transpose(1, 2)  # (B, N, ., E)
+
+        if g is None:  # fallback: every rank attends over every window, keeps its rows
+            q, k, v = (heads(_tokens_back(_all_gather_tokens_async(lin(x_BSD), self.cp_group)))
+                       for lin in (self.wq, self.wk, self.wv))
+            out = self.window_attention(q, k, v, grid_thw, grid_thw, win)
+            out = out.narrow(2, self.cp_rank * s, s)
+        else:
+            f, h, w = grid_thw[0] // self.cp_size, grid_thw[1], grid_thw[2]
+            k, v = self.wk(x_BSD), self.wv(x_BSD)
+            if g > 1:  # K in flight while V is sent, both while Q is projected
+                k = _group_gather_tokens(k, self.cp_group, self.cp_rank, self.cp_size, g)
+                v = _group_gather_tokens(v, self.cp_group, self.cp_rank, self.cp_size, g)
+            q = heads(self.wq(x_BSD))
+            out = self.window_attention(q, heads(k), heads(v), (f, h, w), (g * f, h, w), win)
         return self.wo(out.transpose(1, 2).reshape(B, s, -1))
 
 
@@ -113,6 +181,7 @@ def apply_context_parallel(model, seq_mesh, cp_mesh) -> None:
                                         (ContextParallelAttention, cls), {})
             block.attn.__class__ = _CP_CLASSES[cls]
             block.attn.cp_group = cp_mesh.get_group()
+            block.attn.cp_rank, block.attn.cp_size = cp_mesh.get_local_rank(), cp_mesh.size()
 
 
 _CP_CLASSES: dict[type, type] = {}

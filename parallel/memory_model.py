@@ -222,10 +222,28 @@ def state_and_buffers_gb(static: dict) -> float:
 
 
 # --------------------------------------------------------------------------- communication
+def cp_block_bytes(sh: Shape, kv_ranks) -> float:
+    """Bytes one rank sends in one block's self-attention forward for context parallel.
+
+    ``kv_ranks`` (parallel.context_parallel.window_exchange): "full" = full attention,
+    all-gather K and V; 1 = windows on this rank's own frames, nothing; g = K and V of
+    this rank's S/cp tokens sent to the g-1 other ranks of its window; None = the window
+    fallback, all-gather Q, K and V. The backward sends as much again (reduce-scatter or
+    all-to-all of the gradients)."""
+    cp, Dt, b = sh.cp, sh.D / sh.tp, sh.b
+    if kv_ranks == "full":
+        return 2 * (cp - 1) / cp * sh.S * Dt * b
+    if kv_ranks is None:
+        return 3 * (cp - 1) / cp * sh.S * Dt * b
+    return 2 * (kv_ranks - 1) * (sh.S / cp) * Dt * b
+
+
 def comm_bytes_per_rank(sh: Shape, fsdp: int, dp_replicate: int, params_per_tp_rank: int,
                         mode: str, reshard_after_forward: bool = True,
-                        param_bytes: int = 2, reduce_bytes: int = 4) -> dict:
-    """Bytes each rank sends per optimizer step (one sample per rank), by mechanism."""
+                        param_bytes: int = 2, reduce_bytes: int = 4,
+                        cp_kv_ranks: list | None = None) -> dict:
+    """Bytes each rank sends per optimizer step (one sample per rank), by mechanism.
+    ``cp_kv_ranks``: per block, as ``cp_block_bytes`` takes it (None: full attention)."""
     n, r, tp, cp = fsdp, dp_replicate, sh.tp, sh.cp
     P = params_per_tp_rank
     ag = (n - 1) / n * P * param_bytes
@@ -243,12 +261,15 @@ def comm_bytes_per_rank(sh: Shape, fsdp: int, dp_replicate: int, params_per_tp_r
     # CP, ours: all-gather K and V forward, reduce-scatter dK, dV backward (+ the gathers
     # again when the block is recomputed)
     cp_one = 2 * (cp - 1) / cp * S * Dt * b
-    cp_b = layers * cp_one * (2 + (1 if recompute else 0))
+    per_block = [cp_block_bytes(sh, k) for k in (cp_kv_ranks or ["full"] * layers)] \
+        if cp > 1 else [0.0] * layers
+    cp_b = sum(per_block) * (2 + (1 if recompute else 0))
     # for comparison: ring attention passes K/V chunks around the ring forward and
     # K/V plus dK/dV backward; Ulysses all-to-alls Q, K, V and the output, both ways
     ring_b = layers * cp_one * (3 + (1 if recompute else 0))
     a2a = (cp - 1) / cp * (S / cp) * Dt * b
     ulysses_b = layers * a2a * (8 + (4 if recompute else 0))
     return {"fsdp": fsdp_b + hsdp_b, "tp": tp_b * sh.batch,
-            "cp": cp_b * sh.batch, "ring_attention": ring_b * sh.batch,
+            "cp": cp_b * sh.batch, "cp_block_forward": [x * sh.batch for x in per_block],
+            "ring_attention": ring_b * sh.batch,
             "ulysses": ulysses_b * sh.batch}

@@ -46,6 +46,15 @@ class ModelConfig:
     """Override the registered head count; None keeps the registry's."""
     ffn_dim: Optional[int] = None
     """Override the registered SwiGLU hidden width; None keeps the registry's."""
+    attention_pattern: str = "full"
+    """Self-attention: full, or window (W.A.L.T, Gupta et al. 2023: even blocks attend
+    within spatial windows, odd blocks within spatiotemporal windows)."""
+    spatial_window: list[int] = field(default_factory=lambda: [16, 16])
+    """[h, w] in patches of the spatial windows (attention_pattern=window). A side at
+    least as large as the grid covers it; a smaller one must divide the grid."""
+    spatiotemporal_window: list[int] = field(default_factory=lambda: [8, 8, 8])
+    """[t, h, w] in patches of the spatiotemporal windows (attention_pattern=window);
+    one-frame images attend within their frame."""
 
     def validate(self) -> None:
         from moviegen.models.transformer import MODEL_REGISTRY, resolve_model_args
@@ -62,6 +71,11 @@ class ModelConfig:
         check_choice(self.kernels, "model.kernels", ("auto", "triton", "torch"))
         for k in ("max_latent_frames", "max_latent_height", "max_latent_width", "in_channels"):
             check(getattr(self, k) >= 1, f"model.{k}", "must be >= 1")
+        check_choice(self.attention_pattern, "model.attention_pattern", ("full", "window"))
+        for key, n in (("spatial_window", 2), ("spatiotemporal_window", 3)):
+            win = getattr(self, key)
+            check(len(win) == n and all(w >= 1 for w in win), f"model.{key}",
+                  f"expected {n} positive ints (patches), got {win}")
 
     def patch_grid_fits(self, name: str, T: int, H: int, W: int) -> None:
         """Latents [T, H, W] of data source ``name`` fit the position tables."""
@@ -74,6 +88,19 @@ class ModelConfig:
               f"data '{name}' gives a patch grid ({T // pt}, {H // ph}, {W // pw}) that "
               f"exceeds model.max_latent_frames/height/width = ({self.max_latent_frames}, "
               f"{self.max_latent_height}, {self.max_latent_width})")
+        if self.attention_pattern == "window":
+            from moviegen.models.transformer import effective_window
+
+            grid = (T // pt, H // ph, W // pw)
+            for key, win in (("spatial_window", [1, *self.spatial_window]),
+                             ("spatiotemporal_window", self.spatiotemporal_window)):
+                try:
+                    effective_window(win, grid)
+                except ValueError:
+                    check(False, f"model.{key}",
+                          f"{list(getattr(self, key))} does not tile the patch grid {grid} of "
+                          f"data '{name}': each side must divide the grid's or be at least "
+                          f"as large (grid sides t, h, w)")
 
 
 @dataclass

@@ -5,13 +5,16 @@ Per training sample (forward + backward = 3x forward, 2 FLOPs per multiply-add):
            + 6 x (cross-attention K/V and text projection weights) x L_text
   attention  12 x layers x S^2 x D        (self-attention scores and values, fwd + bwd)
            + 12 x layers x S x L_text x D (cross-attention)
+With windows (attention_pattern=window) each query attends to the keys of its window
+only: 12 x S x (t_w h_w w_w) x D per block, its window clamped to the patch grid as the
+model does; nothing is credited for the full attention it replaces.
 Peaks: 989 TFLOP/s dense bf16 for H100 SXM (NVIDIA's datasheet, without sparsity).
 """
 from __future__ import annotations
 
 import math
 
-from moviegen.models.transformer import ModelArgs
+from moviegen.models.transformer import ModelArgs, effective_window
 
 PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0}
 
@@ -30,12 +33,27 @@ def dense_weights_per_text_token(args: ModelArgs) -> int:
     return cross_kv + max((k * d for k in args.text_dims.values()), default=0)
 
 
-def flops_per_sample(args: ModelArgs, seq_len: int, text_len: int = 0) -> dict[str, float]:
+def keys_per_query(args: ModelArgs, seq_len: int, grid_thw=None) -> list[int]:
+    """Self-attention keys each query reads, per block: S, or its window's size."""
+    if args.attention_pattern == "full":
+        return [seq_len] * args.n_layers
+    if grid_thw is None or math.prod(grid_thw) != seq_len:
+        raise ValueError(f"window attention FLOPs need the patch grid of the {seq_len} "
+                         f"tokens (t, h, w), got {grid_thw}")
+    return [math.prod(effective_window(args.block_window(i), grid_thw))
+            for i in range(args.n_layers)]
+
+
+def flops_per_sample(args: ModelArgs, seq_len: int, text_len: int = 0,
+                     grid_thw=None) -> dict[str, float]:
+    """Model FLOPs of one sample; ``grid_thw`` (t, h, w patches) is needed for windows."""
     dense = 6 * dense_weights_per_video_token(args) * seq_len \
         + 6 * dense_weights_per_text_token(args) * text_len
-    attn = 12 * args.n_layers * seq_len * seq_len * args.dim \
-        + 12 * args.n_layers * seq_len * text_len * args.dim
-    return {"dense": float(dense), "attention": float(attn), "total": float(dense + attn)}
+    self_attn = 12 * seq_len * sum(keys_per_query(args, seq_len, grid_thw)) * args.dim
+    cross = 12 * args.n_layers * seq_len * text_len * args.dim
+    attn = self_attn + cross
+    return {"dense": float(dense), "attention": float(attn), "self_attention": float(self_attn),
+            "total": float(dense + attn)}
 
 
 def tokens_for(height: int, width: int, frames: int, args: ModelArgs,

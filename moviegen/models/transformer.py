@@ -1,6 +1,7 @@
 """The Movie Gen transformer: a flow-matching DiT over TAE latents.
 
-Read top to bottom: sizes, building blocks, one transformer block, the model.
+Read top to bottom: sizes, building blocks, one transformer block, the model. One file
+on purpose, so the whole architecture reads in one place.
 
 Shape legend
     B batch, C latent channels (16), T/H/W latent frames/height/width,
@@ -13,6 +14,13 @@ residual; RMSNorm -> cross-attention to text -> residual; adaLN-modulated RMSNor
 SwiGLU -> gated residual. No biases. adaLN-single: one shared time MLP makes the six
 modulation vectors; each block adds its own learnable [6, D] table. Factorized learnable
 T/H/W position tables are added to the input of every block.
+
+``attention_pattern="window"`` (W.A.L.T, Gupta et al., 2023): self-attention is restricted
+to non-overlapping windows, alternating spatial windows [1, h, w] (even blocks) and
+spatiotemporal windows [t, h, w] (odd blocks). Each window is moved into the batch
+dimension, so the same unmasked attention kernels run on [B * windows, N, window, E].
+A window side at least as large as the grid covers that whole axis; a one-frame image
+therefore attends within its frame in every block (W.A.L.T's identity mask over time).
 
 The model knows nothing of distribution. ``parallel/`` shards it from outside: attention
 goes through ``Attention.core`` (swappable), the position add takes a token offset for
@@ -60,10 +68,35 @@ class ModelArgs:
     text_dims: dict[str, int] = field(default_factory=lambda: {"byt5": 64})
     time_freq_dim: int = 256
     kernels: str = "torch"
+    attention_pattern: str = "full"          # full | window
+    spatial_window: tuple[int, int] = (16, 16)              # [h, w] patches
+    spatiotemporal_window: tuple[int, int, int] = (8, 8, 8)  # [t, h, w] patches
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+    def block_window(self, layer_id: int) -> tuple[int, int, int] | None:
+        """Block ``layer_id``'s self-attention window [t, h, w] (None: full attention)."""
+        if self.attention_pattern == "full":
+            return None
+        if self.attention_pattern != "window":
+            raise ValueError(f"attention_pattern must be 'full' or 'window', got "
+                             f"{self.attention_pattern!r}")
+        if layer_id % 2 == 0:
+            return (1, *self.spatial_window)
+        return tuple(self.spatiotemporal_window)
+
+
+def effective_window(window, grid_thw) -> tuple[int, int, int]:
+    """The window on this grid: each side clamped to the grid (so a side >= the grid covers
+    the axis, and a one-frame image never mixes frames), which must then divide it."""
+    win = tuple(min(w, g) for w, g in zip(window, grid_thw))
+    if any(g % w for w, g in zip(win, grid_thw)):
+        raise ValueError(f"attention window {tuple(window)} (t, h, w patches) does not tile "
+                         f"the patch grid {tuple(grid_thw)}: each window side must divide "
+                         f"the grid side or be at least as large")
+    return win
 
 
 def resolve_model_args(model_cfg, text_dims: dict[str, int] | None = None) -> ModelArgs:
@@ -82,6 +115,9 @@ def resolve_model_args(model_cfg, text_dims: dict[str, int] | None = None) -> Mo
         norm_eps=model_cfg.norm_eps,
         text_dims=dict(text_dims) if text_dims is not None else {"byt5": 64},
         kernels=model_cfg.kernels,
+        attention_pattern=getattr(model_cfg, "attention_pattern", "full"),
+        spatial_window=tuple(getattr(model_cfg, "spatial_window", (16, 16))),
+        spatiotemporal_window=tuple(getattr(model_cfg, "spatiotemporal_window", (8, 8, 8))),
     )
 
 
@@ -123,12 +159,35 @@ class AttentionCore(nn.Module):
                                  backend=self.backend)
 
 
+def to_windows(x_BNSE, grid_thw, win_thw):
+    """[B, N, t*h*w, E] (t-major) -> [B * windows, N, wt*wh*ww, E], windows in (t, h, w)
+    order; ``win_thw`` must tile ``grid_thw``."""
+    B, N, _, E = x_BNSE.shape
+    (t, h, w), (a, b, c) = grid_thw, win_thw
+    x = x_BNSE.reshape(B, N, t // a, a, h // b, b, w // c, c, E)
+    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7, 8)  # (B, t/a, h/b, w/c, N, a, b, c, E)
+    return x.reshape(-1, N, a * b * c, E)
+
+
+def from_windows(x_WNXE, batch: int, grid_thw, win_thw):
+    """Inverse of ``to_windows``: -> [B, N, t*h*w, E]."""
+    _, N, _, E = x_WNXE.shape
+    (t, h, w), (a, b, c) = grid_thw, win_thw
+    x = x_WNXE.reshape(batch, t // a, h // b, w // c, N, a, b, c, E)
+    x = x.permute(0, 4, 1, 5, 2, 6, 3, 7, 8)  # (B, N, t/a, a, h/b, b, w/c, c, E)
+    return x.reshape(batch, N, t * h * w, E)
+
+
 class Attention(nn.Module):
     """Multi-head attention; self-attention when ``context`` is None, else cross-attention.
 
     Head count is derived from the projection's output width at run time, so a
-    tensor-parallel shard (fewer local heads) runs the same code.
+    tensor-parallel shard (fewer local heads) runs the same code. With ``window`` set
+    (a [t, h, w] in patches), self-attention is restricted to the windows of the patch
+    grid passed as ``grid_thw``.
     """
+
+    window: tuple[int, int, int] | None = None
 
     def __init__(self, dim: int, n_heads: int):
         super().__init__()
@@ -144,14 +203,36 @@ class Attention(nn.Module):
             nn.init.trunc_normal_(lin.weight, std=0.02)
         nn.init.trunc_normal_(self.wo.weight, std=std)
 
-    def forward(self, x_BSD, context_BLD=None, key_padding_mask_BL=None):
+    def window_for(self, grid_thw) -> tuple[int, int, int]:
+        return effective_window(self.window, grid_thw)
+
+    def window_attention(self, q_BNSE, k_BNLE, v_BNLE, q_grid, kv_grid, win_thw):
+        """Attention within windows. K/V cover ``kv_grid`` (whole windows); the queries
+        cover ``q_grid``, the same h x w and an equal share of frames of every window in
+        time (all of them, or, for a sequence shard, part of one window)."""
+        n_t = kv_grid[0] // win_thw[0]
+        q_win = (q_grid[0] // n_t, *win_thw[1:])
+        q = to_windows(q_BNSE, q_grid, q_win)
+        k = to_windows(k_BNLE, kv_grid, win_thw)
+        v = to_windows(v_BNLE, kv_grid, win_thw)
+        out = self.core(q, k, v, None)  # (B * windows, N, q window, E)
+        return from_windows(out, q_BNSE.shape[0], q_grid, q_win)
+
+    def forward(self, x_BSD, context_BLD=None, key_padding_mask_BL=None, grid_thw=None):
         B, S, _ = x_BSD.shape
         kv_in = x_BSD if context_BLD is None else context_BLD
         L = kv_in.shape[1]
         q = self.wq(x_BSD).view(B, S, -1, self.head_dim).transpose(1, 2)  # (B, N, S, E)
         k = self.wk(kv_in).view(B, L, -1, self.head_dim).transpose(1, 2)  # (B, N, L, E)
         v = self.wv(kv_in).view(B, L, -1, self.head_dim).transpose(1, 2)  # (B, N, L, E)
-        out = self.core(q, k, v, key_padding_mask_BL)  # (B, N, S, E)
+        if self.window is not None and context_BLD is None:
+            if grid_thw is None or math.prod(grid_thw) != S:
+                raise ValueError(f"window attention needs the patch grid of its {S} tokens, "
+                                 f"got grid_thw={grid_thw}")
+            win = self.window_for(grid_thw)
+            out = self.window_attention(q, k, v, grid_thw, grid_thw, win)
+        else:
+            out = self.core(q, k, v, key_padding_mask_BL)  # (B, N, S, E)
         out = out.transpose(1, 2).reshape(B, S, -1)  # (B, S, D_local)
         return self.wo(out)
 
@@ -269,6 +350,7 @@ class TransformerBlock(nn.Module):
         self.modulation = nn.Parameter(torch.empty(6, args.dim))  # adaLN-single table
         self.attn_norm = ModulatedRMSNorm(args.dim, args.norm_eps)
         self.attn = Attention(args.dim, args.n_heads)
+        self.attn.window = args.block_window(layer_id)
         self.cross_norm = RMSNorm(args.dim, args.norm_eps)
         self.cross_attn = Attention(args.dim, args.n_heads)
         self.ffn_norm = ModulatedRMSNorm(args.dim, args.norm_eps)
@@ -290,11 +372,11 @@ class TransformerBlock(nn.Module):
             self.modulation[2].zero_()  # attention gate
             self.modulation[5].zero_()  # FFN gate
 
-    def forward(self, x_BSD, mod_B6D, text_BLD, text_mask_BL):
+    def forward(self, x_BSD, mod_B6D, text_BLD, text_mask_BL, grid_thw=None):
         mod = (mod_B6D + self.modulation.unsqueeze(0)).to(x_BSD.dtype)
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = mod.unbind(1)  # each (B, D)
         h = self.attn_norm(x_BSD, scale_a, shift_a)
-        x_BSD = kernels.gated_residual(x_BSD, gate_a, self.attn(h),
+        x_BSD = kernels.gated_residual(x_BSD, gate_a, self.attn(h, grid_thw=grid_thw),
                                        backend=self.attn_norm.backend)
         x_BSD = x_BSD + self.cross_attn(self.cross_norm(x_BSD), text_BLD, text_mask_BL)
         h = self.ffn_norm(x_BSD, scale_f, shift_f)
@@ -403,7 +485,7 @@ class MovieGenTransformer(nn.Module):
         text_BLD, text_mask_BL = self.embed_text(text_embeds, text_masks)
         for block in self.blocks.values():
             x = self.pos_embed(x, grid)  # positions enter every block (Movie Gen)
-            x = block(x, mod_B6D, text_BLD, text_mask_BL)
+            x = block(x, mod_B6D, text_BLD, text_mask_BL, grid_thw=grid)
         x = self.final_layer(x, c_BD)  # (B, S, p*C)
         return self.unpatchify(x, grid)  # (B, C, T, H, W)
 

@@ -128,10 +128,11 @@ class DiffusionTrainer(Trainer):
         """(video tokens, model FLOPs) of one sample of this latent shape (moviegen.models.flops)."""
         key = tuple(latent_shape_BCTHW[1:])
         if key not in self._cost_cache:
-            seq_len = math.prod(self.model.patch_grid(key))
+            grid = self.model.patch_grid(key)
+            seq_len = math.prod(grid)
             text_len = sum(e.max_length for e in self.cfg.text.encoders)
             self._cost_cache[key] = (seq_len, flops_per_sample(self.model_args, seq_len,
-                                                               text_len)["total"])
+                                                               text_len, grid)["total"])
         return self._cost_cache[key]
 
     @torch.no_grad()
