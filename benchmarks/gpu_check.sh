@@ -34,13 +34,13 @@ if [[ $DRY == 1 ]]; then
   export TRITON_INTERPRET=1 OMP_NUM_THREADS=1
   part check 120 python benchmarks/kernel_bench.py --check --dry-run --out-dir "$OUT/check"
   part throughput 120 python benchmarks/throughput.py --model tiny --seq_len 32 --batch 2 \
-    --ac none,selective,full --kernels torch --warmup 1 --iters 1 --out "$OUT/throughput"
+    --ac none,selective,full --kernels torch --warmup 1 --iters 1 --output "$OUT/throughput/throughput.json"
 else
   unset TRITON_INTERPRET
   part check 120 python benchmarks/kernel_bench.py --check --out-dir "$OUT/check"
   part kernels 240 python benchmarks/kernel_bench.py --seqs 8192,73728 --attn-tokens 73728 \
     --no-compile --out-dir "$OUT/kernels"
   part throughput 240 python benchmarks/throughput.py --model 30b --n_layers 2 --seq_len 73728 \
-    --ac none,selective,full --kernels torch,auto --warmup 1 --iters 3 --out "$OUT/throughput"
+    --ac none,selective,full --kernels torch,auto --warmup 1 --iters 3 --output "$OUT/throughput/throughput.json"
 fi
 ! grep -v "rc=0 " "$OUT/summary.txt"

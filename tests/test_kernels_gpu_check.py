@@ -23,7 +23,7 @@ def test_dry_run_passes_and_writes_each_part(tmp_path):
     assert "check rc=0" in summary and "throughput rc=0" in summary
     check = json.loads((tmp_path / "check" / "check.json").read_text())
     assert check["failures"] == 0 and any("+LSE" in line for line in check["lines"])
-    rows = json.loads((tmp_path / "throughput" / "throughput_cpu.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "throughput" / "throughput.json").read_text())["rows"]
     assert {r["ac"] for r in rows} == {"none", "selective", "full"}
     assert all("error" not in r for r in rows)
     assert (tmp_path / "check" / "check.md").exists()

@@ -43,4 +43,4 @@ def test_bad_input_shape(tmp_path):
     with pytest.raises(ValueError, match=r"\[3, T, H, W\]"):
         write_video(str(tmp_path / "x.mp4"), torch.zeros(1, 3, 4, 8, 8))
     with pytest.raises(ValueError, match="extension"):
-        write_video(str(tmp_path / "x.avi"), torch.zeros(3, 2, 8, 8))
+        write_video(str(tmp_path / "x.xyz"), torch.zeros(3, 2, 8, 8))

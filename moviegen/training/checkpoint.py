@@ -344,8 +344,12 @@ class CheckpointManager:
 
 
 def _load_rank_file(path: str) -> dict:
+    import pickle
+
     try:
         return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:  # something other than plain data: refused as it is
+        raise
     except Exception as e:  # truncated, corrupt or unreadable: say which file and what to do
         raise IncompleteCheckpointError(
             f"{path} cannot be read ({type(e).__name__}: {e}); the checkpoint is damaged: "
