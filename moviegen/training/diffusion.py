@@ -22,12 +22,13 @@ from moviegen.flow import flow_matching_loss, interpolate, sample_t, target_velo
 from moviegen.models.flops import flops_per_sample
 from moviegen.models.text_encoders import TextEncoders, drop_captions
 from moviegen.models.transformer import (MovieGenTransformer, adapt_stage_state_dict,
-                                         resolve_model_args)
+                                         init_unit, resolve_model_args)
 from moviegen.training.distributed import check_layout
 from moviegen.training.export import export_inference
 from moviegen.training.trainer import Trainer
 from parallel.parallelize import parallelize
-from parallel.state import gather_full_state_dict, load_full_state_dict, model_tensors
+from parallel.state import (gather_full_state_dict, init_shards, load_full_state_dict,
+                            model_tensors)
 
 logger = logging.getLogger("moviegen.training")
 
@@ -58,7 +59,13 @@ class DiffusionTrainer(Trainer):
         self.parallel = parallelize(model, self.dims, self.mesh, cfg.parallel,
                                     self.device.type)
         model.to_empty(device=self.device)
-        model.init_weights()
+        # whole tensors from (train.seed, unit name), then this rank's shard: the same
+        # initial weights on every layout (init_weights after sharding would draw each
+        # shard from its own rank's generator)
+        with torch.device("meta"):
+            plain = MovieGenTransformer(self.model_args)
+        init_shards(model, plain.init_units(),
+                    lambda prefix, unit: init_unit(prefix, unit, cfg.train.seed))
         model.set_kernel_backend(cfg.model.kernels, self.device)
         if cfg.train.init_from:
             self._init_from(model, cfg.train.init_from)
