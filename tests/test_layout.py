@@ -78,3 +78,76 @@ def test_initial_weights_equal_one_process_on_every_layout(tmp_path):
     # a different seed gives different weights
     other = DiffusionTrainer(tiny_cfg(str(tmp_path / "seed1"), "--train.seed=1")).model
     assert not torch.equal(other.blocks["0"].attn.wq.weight, ref["blocks.0.attn.wq.weight"])
+
+
+# --------------------------------------------------------------------------- global batch
+def test_global_batch_splits_over_data_parallel_ranks_or_says_why(tmp_path):
+    from moviegen.config import ConfigError
+    from moviegen.data.sources import build_data
+    from moviegen.training.diffusion import job_layout
+
+    cfg = tiny_cfg(str(tmp_path), "--data.global_batch_size=6")
+    assert job_layout(cfg, 2).dp == 2  # 3 per rank
+    with pytest.raises(ConfigError, match="data.global_batch_size: 6 samples do not split "
+                                          "over 4 data-parallel ranks"):
+        job_layout(cfg, 4)
+    # tp x cp peers do not count: 4 ranks as tp 2 x cp 2 is one data-parallel rank
+    assert job_layout(tiny_cfg(str(tmp_path), "--data.global_batch_size=6",
+                               "--parallel.tp=2", "--parallel.cp=2"), 4).dp == 1
+    # the same global batches, in the same places, whatever the data-parallel size
+    one = next(build_data(tiny_cfg(str(tmp_path), "--data.global_batch_size=8"), 0, 1, "train"))
+    halves = [next(build_data(tiny_cfg(str(tmp_path), "--data.global_batch_size=8"), r, 2,
+                              "train")) for r in range(2)]
+    assert torch.equal(torch.cat([h["latents"] for h in halves]), one["latents"])
+    assert torch.equal(torch.cat([h["index"] for h in halves]), one["index"])
+    # data.batch_size stays per rank when no global size is set
+    assert len(next(build_data(tiny_cfg(str(tmp_path), "--data.batch_size=3"), 1, 2,
+                               "train"))["captions"]) == 3
+
+
+def test_per_sample_randomness_ignores_the_rank_and_the_batch_around_it():
+    from moviegen.flow import per_sample_draws, sample_seed
+
+    seeds = [sample_seed(0, "train", 5, i) for i in range(4)]
+    t, x0, keep = per_sample_draws((4, 2, 1, 2, 2), seeds, drop_prob=0.5)
+    t2, x02, keep2 = per_sample_draws((2, 2, 1, 2, 2), seeds[2:], drop_prob=0.5)
+    assert torch.equal(t[2:], t2) and torch.equal(x0[2:], x02) and torch.equal(keep[2:], keep2)
+    assert len(set(t.tolist())) == 4
+    t3, _, _ = per_sample_draws((1, 2, 1, 2, 2), [sample_seed(0, "train", 6, 0)])
+    assert t3[0] != t[0]  # another step, other numbers
+
+
+def _losses(output_dir) -> list[float]:
+    from moviegen.training.metrics import read_metrics
+    return [r["loss"] for r in read_metrics(str(output_dir)) if "loss" in r]
+
+
+@pytest.mark.timeout(200)
+def test_cli_same_losses_on_one_process_tp2_cp2_and_fsdp2_cp2(tmp_path):
+    """python -m moviegen.train on 1 process and torchrun on 4 ranks (tp 2 x cp 2, then
+    dp_shard 2 x cp 2) log the same losses with the same global batch."""
+    import subprocess
+    import sys
+
+    common = ["-m", "moviegen.train", "--config", "launch/configs/tiny.yaml",
+              "--data.global_batch_size=8", "--train.steps=5", "--train.log_every=1",
+              "--train.val_every=1000", "--train.progress_bar=false",
+              "--metrics.tensorboard=false"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    runs = {"one": [sys.executable],
+            "tp2_cp2": torchrun + ["--no-python", sys.executable],
+            "fsdp2_cp2": torchrun + ["--no-python", sys.executable]}
+    layouts = {"one": [], "tp2_cp2": ["--parallel.tp=2", "--parallel.cp=2"],
+               "fsdp2_cp2": ["--parallel.dp_shard=2", "--parallel.cp=2"]}
+    losses = {}
+    for name, prefix in runs.items():
+        cmd = prefix + common + layouts[name] + [f"--output_dir={tmp_path / name}"]
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=90)
+        assert out.returncode == 0, f"{name}:\n{out.stderr[-3000:]}"
+        losses[name] = _losses(tmp_path / name)
+    assert len(losses["one"]) == 5
+    for name in ("tp2_cp2", "fsdp2_cp2"):
+        assert losses[name] == pytest.approx(losses["one"], rel=1e-5), name
