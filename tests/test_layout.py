@@ -151,3 +151,74 @@ def test_cli_same_losses_on_one_process_tp2_cp2_and_fsdp2_cp2(tmp_path):
     assert len(losses["one"]) == 5
     for name in ("tp2_cp2", "fsdp2_cp2"):
         assert losses[name] == pytest.approx(losses["one"], rel=1e-5), name
+
+
+# --------------------------------------------------------------------------- precomputed
+def test_precomputed_token_count_checked_before_any_process_group(tmp_path):
+    """45-token latents (5 x 6 x 6 with patch 1 x 2 x 2) cannot split over cp 2: the
+    error comes from the precompute index, before a process group or a shard is read."""
+    import json
+
+    from moviegen.config import ConfigError
+    from moviegen.training.diffusion import job_layout
+
+    index = {"version": 1, "text_dims": {"byt5": 64}, "tae_checkpoint": None,
+             "num_samples": {"train": 4, "val": 0},
+             "shards": [{"file": "train/r0000_b000000.safetensors", "split": "train",
+                         "bucket": "odd_5x6x6", "num_samples": 4,
+                         "latent_shape": [16, 5, 6, 6]}]}
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    cfg = tiny_cfg(str(tmp_path / "run"), "--data.kind=precomputed",
+                   f"--data.precomputed_dir={tmp_path}", "--parallel.cp=2")
+    with pytest.raises(ConfigError, match="data bucket 'odd_5x6x6'.*45 tokens, not "
+                                          "divisible by cp x tp = 2 x 1"):
+        job_layout(cfg, 2)
+    # the same set is fine on a layout whose cp x tp divides 45
+    assert job_layout(tiny_cfg(str(tmp_path / "run"), "--data.kind=precomputed",
+                               f"--data.precomputed_dir={tmp_path}"), 2).dp == 2
+
+
+def test_precomputed_global_batches_do_not_depend_on_the_data_parallel_size(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from moviegen.data.precomputed import PrecomputedLoader
+
+    (tmp_path / "train").mkdir()
+    shards = []
+    for k, n in enumerate((6, 5)):  # 11 samples in two buckets of different shapes
+        shape = [16, 1 + k, 2, 2]
+        name = f"train/r0000_b{k:06d}.safetensors"
+        save_file({"latents": torch.randn(n, *shape),
+                   "text.byt5.emb": torch.randn(n, 3, 4),
+                   "text.byt5.mask": torch.ones(n, 3, dtype=torch.bool)},
+                  str(tmp_path / name), metadata={
+                      "captions": json.dumps([f"b{k} s{i}" for i in range(n)]),
+                      "bucket": f"b{k}", "paths": "[]"})
+        shards.append({"file": name, "split": "train", "bucket": f"b{k}", "num_samples": n,
+                       "latent_shape": shape})
+    (tmp_path / "index.json").write_text(json.dumps({"version": 1, "shards": shards}))
+
+    def global_batches(dp: int, count: int):
+        loaders = [PrecomputedLoader(str(tmp_path), "train", 4 // dp, r, dp, seed=3)
+                   for r in range(dp)]
+        out = []
+        for _ in range(count):
+            parts = [next(loader) for loader in loaders]
+            out.append(([c for p in parts for c in p["captions"]],
+                        torch.cat([p["index"] for p in parts]).tolist()))
+        return out, loaders[0].state_dict()
+
+    one, state = global_batches(1, 7)  # crosses an epoch (per bucket: 4 + 4 filled up)
+    two, _ = global_batches(2, 7)
+    assert one == two
+    assert all(len(c) == 4 for c, _ in one)
+    assert {c for batch, _ in one[:4] for c in batch} == {f"b{k} s{i}" for k, n in
+                                                          enumerate((6, 5)) for i in range(n)}
+    # the position is in global batches: resume on 2 ranks where 1 rank stopped
+    resumed = [PrecomputedLoader(str(tmp_path), "train", 2, r, 2, seed=3) for r in range(2)]
+    for loader in resumed:
+        loader.load_state_dict(state)
+    ref, _ = global_batches(1, 9)
+    assert [c for r in resumed for c in next(r)["captions"]] == ref[7][0]
