@@ -222,3 +222,76 @@ def test_precomputed_global_batches_do_not_depend_on_the_data_parallel_size(tmp_
         loader.load_state_dict(state)
     ref, _ = global_batches(1, 9)
     assert [c for r in resumed for c in next(r)["captions"]] == ref[7][0]
+
+
+# --------------------------------------------------------------------------- training
+TRAIN = ["--data.global_batch_size=8", "--train.steps=4", "--train.warmup_steps=2",
+         "--train.log_every=1", "--train.val_every=1000", "--checkpoint.ema_decay=0"]
+
+
+def _train(rank, world, output_dir, layouts):
+    """Spawn target (and the 1-process run): for each layout, the trainer from the seed
+    trained 4 steps; its logged losses and (rank 0) the whole parameters after them."""
+    import torch.distributed as dist
+
+    from moviegen.training.diffusion import DiffusionTrainer
+    from moviegen.training.metrics import read_metrics
+    from parallel.state import gather_full_state_dict, model_tensors
+
+    out = {}
+    for i, layout in enumerate(layouts):
+        trainer = DiffusionTrainer(tiny_cfg(f"{output_dir}/{i}", *TRAIN, *layout))
+        trainer.fit()
+        losses = [r["loss"] for r in read_metrics(f"{output_dir}/{i}") if "loss" in r]
+        out[" ".join(layout)] = (losses, gather_full_state_dict(model_tensors(trainer.model),
+                                                                rank == 0))
+        trainer.ckpt.close()
+        if world > 1:
+            dist.barrier()
+    return out
+
+
+def _assert_like_one_process(ref, results, expected: int):
+    ref_losses, ref_params = ref
+    assert len(ref_losses) == 4
+    assert len(results[0]) == expected
+    for layout, (losses, params) in results[0].items():
+        assert losses == pytest.approx(ref_losses, rel=1e-5), layout
+        for k, v in ref_params.items():
+            assert torch.allclose(params[k], v, rtol=1e-4, atol=1e-5), f"{layout}: {k}"
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    return _train(0, 1, str(tmp_path_factory.mktemp("one")), [[]])[""]
+
+
+@pytest.mark.timeout(150)
+def test_training_fsdp2_tp2_cp2_like_one_process(one_process, tmp_path):
+    results = spawn(_train, 2, 140, str(tmp_path), [
+        ["--parallel.dp_shard=2"],
+        ["--parallel.tp=2", "--parallel.ac=selective"],
+        ["--parallel.cp=2", "--parallel.ac=full"]])
+    _assert_like_one_process(one_process, results, 3)
+
+
+@pytest.mark.timeout(200)
+def test_training_tp2_cp2_each_ac_mode_like_one_process(one_process, tmp_path):
+    results = spawn(_train, 4, 190, str(tmp_path), [
+        ["--parallel.tp=2", "--parallel.cp=2", f"--parallel.ac={ac}"]
+        for ac in ("none", "selective", "full")])
+    _assert_like_one_process(one_process, results, 3)
+
+
+@pytest.mark.timeout(200)
+def test_training_hsdp2x2_and_cp4_like_one_process(one_process, tmp_path):
+    results = spawn(_train, 4, 190, str(tmp_path), [
+        ["--parallel.dp_replicate=2", "--parallel.dp_shard=2"], ["--parallel.cp=4"]])
+    _assert_like_one_process(one_process, results, 2)
+
+
+@pytest.mark.timeout(240)
+def test_training_fsdp2_x_tp2_x_cp2_on_8_ranks_like_one_process(one_process, tmp_path):
+    results = spawn(_train, 8, 230, str(tmp_path), [
+        ["--parallel.dp_shard=2", "--parallel.tp=2", "--parallel.cp=2"]])
+    _assert_like_one_process(one_process, results, 1)
