@@ -10,7 +10,7 @@ data.kind
 
 Every loader has one interface (``BatchLoader``): it iterates forever and yields dicts
 with ``captions`` and either ``latents`` [B, C, T', H', W'] or ``video`` [B, 3, T, H, W] in
-[-1, 1], and (synthetic, precomputed) ``index`` [B]: each sample's position in the step's
+[-1, 1], and ``index`` [B]: each sample's position in the step's
 global batch, the same on any layout, which keys its noise, t and caption dropout;
 ``batches_per_epoch()`` (one pass of this rank's shard, e.g. for validation),
 ``state_dict()`` / ``load_state_dict()`` (``epoch`` and ``batch_index`` of the next batch:
