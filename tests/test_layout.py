@@ -1,7 +1,13 @@
-"""Same seed, same model on any layout: the trainer's public path (no shared state dict).
+"""Same seed, same run on any layout: the trainer's public path (no shared state dict).
 
 Initial weights: the trainer built from a seed on 1 process, FSDP 2, TP 2 and TP 2 x CP 2
 holds bitwise the same parameters, and no two TP shards of a weight are equal.
+Global batch: data.global_batch_size splits over data-parallel ranks (or a config error),
+the same samples and per-sample noise on any layout, precomputed data included (and its
+token count checked against cp x tp before any process group).
+Training: 4 steps from the seed on FSDP 2, TP 2, CP 2, TP 2 x CP 2 (each AC mode), HSDP 2x2,
+CP 4 and FSDP 2 x TP 2 x CP 2 log one process's losses (rel 1e-5, fp32) and end with its
+parameters; the CLI under torchrun does the same.
 """
 from __future__ import annotations
 
