@@ -18,6 +18,30 @@ def sample_t(batch: int, device=None, generator: torch.Generator | None = None) 
     return torch.sigmoid(torch.randn(batch, device=device, generator=generator))
 
 
+def sample_seed(*parts) -> int:
+    """A 63-bit seed from any parts (run seed, stream, step, sample index): the key of
+    one sample's randomness, independent of which rank draws it."""
+    import hashlib
+
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def per_sample_draws(shape_BCTHW, seeds: list[int], drop_prob: float = 0.0):
+    """(t [B], x0 ~ N(0, I) of ``shape``, keep_text [B] bool) with sample b's numbers drawn
+    from a CPU generator seeded by ``seeds[b]`` alone: a sample gets the same t, noise and
+    caption dropout whichever rank holds it and whatever the batch around it."""
+    B = shape_BCTHW[0]
+    t, x0 = torch.empty(B), torch.empty(shape_BCTHW)
+    keep = torch.ones(B, dtype=torch.bool)
+    for b, seed in enumerate(seeds):
+        g = torch.Generator().manual_seed(seed)
+        t[b] = sample_t(1, generator=g)[0]
+        x0[b] = torch.randn(shape_BCTHW[1:], generator=g)
+        keep[b] = drop_prob <= 0 or bool(torch.rand((), generator=g) >= drop_prob)
+    return t, x0, keep
+
+
 def _bcast(t_B: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t_B.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 

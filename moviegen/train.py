@@ -12,7 +12,9 @@ Several processes (any valid layout; NCCL on GPUs, gloo on CPU):
 SLURM: sbatch launch/slurm/train.sbatch launch/configs/X.yaml
 The layout is checked against the world size, the model and the data shapes before the
 process group starts (the same error on every rank). Ranks of one CP x TP group read the
-same samples; only data-parallel ranks differ.
+same samples; only data-parallel ranks differ. With ``--data.global_batch_size=N`` a step
+sees the same N samples, noise and t on any layout (so the same losses as 1 process), and
+a checkpoint resumes on any other layout.
 
 Outputs in ``output_dir``: metrics.jsonl (one row per logged step: step, loss, lr,
 grad_norm, step_time_s, tokens_per_s, tflops_per_device, mfu, max_mem_gb, data_wait_s, ...),

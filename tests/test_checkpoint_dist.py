@@ -240,7 +240,7 @@ def trainer_job(rank, world, output_dir, resume_from, *layout):
     batch = build_data(trainer.cfg, 0, 1, "val").__next__()
     with torch.no_grad():
         trainer.model.eval()
-        inputs = trainer.prepare_batch(batch, torch.Generator().manual_seed(7), drop_text=False)
+        inputs = trainer.prepare_batch(batch, "check", 7, drop_text=False)
         loss = trainer.forward_loss(*inputs).item()
     return loss, optimizer_digest
 

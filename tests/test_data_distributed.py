@@ -25,7 +25,7 @@ def _worker(rank: int, world: int, manifest: str, out_dir: str):
         for _, batch in zip(range(STEPS), loader):
             digest = hashlib.sha256(batch["video"].numpy().tobytes()).hexdigest()
             mine.append({"digest": digest, "paths": batch["paths"], "bucket": batch["bucket"],
-                         "captions": batch["captions"]})
+                         "captions": batch["captions"], "index": batch["index"].tolist()})
         everyone = [None] * WORLD
         dist.all_gather_object(everyone, mine)
         if rank == 0:
@@ -48,6 +48,9 @@ def test_tp_peers_identical_dp_ranks_disjoint(tmp_path):
             assert all(g == group[0] for g in group), f"TP group {dp} differs at step {step}"
         a, b = per_rank[0], per_rank[TP]
         assert a["bucket"] == b["bucket"]                       # one shape per step
+        # places in the global batch: rank 0 from 0, rank 1 right after, no overlap
+        assert a["index"] == list(range(len(a["paths"])))
+        assert b["index"] == list(range(len(a["paths"]), len(a["paths"]) + len(b["paths"])))
         if set(a["paths"]) & set(b["paths"]):
             # only a wrap-around filler: a bucket with fewer rows left than DP ranks
             assert len(a["paths"]) == len(b["paths"]) == 1

@@ -68,12 +68,12 @@ def test_main_exits_zero_on_preemption(tmp_path, monkeypatch, capsys):
 
 
 def _nan_at(trainer, steps):
-    orig = trainer.forward_loss
+    orig = trainer.forward_sums  # the training step's (sum of squares, count)
 
-    def forward_loss(*a):
-        loss = orig(*a)
-        return loss * float("nan") if trainer.step + 1 in steps else loss
-    trainer.forward_loss = forward_loss
+    def forward_sums(*a):
+        sum_sq, count = orig(*a)
+        return (sum_sq * float("nan") if trainer.step + 1 in steps else sum_sq), count
+    trainer.forward_sums = forward_sums
 
 
 def test_nonfinite_step_is_skipped_and_counted(tmp_path):
@@ -110,8 +110,9 @@ def test_k_nonfinite_steps_in_a_row_stop_naming_the_step(tmp_path, monkeypatch, 
     for a, b in zip(resumed.model.parameters(), step4.model.parameters()):
         assert torch.isfinite(a).all() and torch.equal(a, b)
     # main() reports it on stderr and exits 1
-    monkeypatch.setattr(Trainer, "forward_loss",
-                        lambda self, *a: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(Trainer, "forward_sums",
+                        lambda self, *a: (torch.tensor(float("nan"), requires_grad=True),
+                                          torch.tensor(1.0)))
     args = ["--config", os.path.join(os.path.dirname(__file__), "..", "launch", "configs",
                                      "tiny.yaml"),
             f"--output_dir={tmp_path / 'main'}", "--train.steps=10",

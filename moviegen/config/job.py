@@ -157,7 +157,11 @@ class DataConfig:
     """synthetic_latents (generated caption-dependent latents, no files), video (files
     encoded on the fly) or precomputed (TAE latents from python -m moviegen.precompute)."""
     batch_size: int = 8
-    """Samples per data-parallel rank per step."""
+    """Samples per data-parallel rank per step (used when global_batch_size is not set)."""
+    global_batch_size: Optional[int] = None
+    """Samples per optimizer step, whatever the layout: each data-parallel rank takes
+    global_batch_size / (dp_replicate x dp_shard) of them (synthetic_latents, precomputed;
+    video batches are sized by data.video.tokens_per_batch)."""
     num_train: int = 512
     """Samples in the generated training set (synthetic_latents)."""
     num_val: int = 32
@@ -182,10 +186,15 @@ class DataConfig:
 
     def validate(self) -> None:
         check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        check(self.global_batch_size is None or self.global_batch_size >= 1,
+              "data.global_batch_size", "must be >= 1 (or unset: data.batch_size per rank)")
         check_choice(self.kind, "data.kind", ("synthetic_latents", "video", "precomputed"))
+        check(self.global_batch_size is None or self.kind != "video", "data.global_batch_size",
+              "does not apply to data.kind=video, whose bucket batches are sized by "
+              "data.video.tokens_per_batch; unset it")
         if self.kind == "synthetic_latents":
-            check(self.num_train >= self.batch_size, "data.num_train",
-                  "must be >= data.batch_size")
+            check(self.num_train >= (self.global_batch_size or self.batch_size),
+                  "data.num_train", "must be >= the batch size")
             check(self.num_val >= 1, "data.num_val", "must be >= 1")
         elif self.kind == "video":
             try:

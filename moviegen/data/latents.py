@@ -6,8 +6,8 @@ from left to right". The model can only lower the loss on the blob by reading th
 caption, so the tiny demo shows that text conditioning is learnt.
 
 The loader has every data source's interface (moviegen.data.sources.BatchLoader):
-infinite iteration, batches split over data-parallel ranks only, order fixed by (seed,
-epoch), ``state_dict`` / ``load_state_dict`` for exact resume.
+infinite iteration, global batches split over data-parallel ranks only, order fixed by
+(seed, epoch), ``state_dict`` / ``load_state_dict`` for exact resume on any layout.
 """
 from __future__ import annotations
 
@@ -80,25 +80,30 @@ class SyntheticLatentDataset:
 
 
 class SyntheticLatentLoader:
-    """Infinite, resumable, DP-sharded batches of a ``SyntheticLatentDataset``."""
+    """Infinite, resumable, DP-sharded batches of a ``SyntheticLatentDataset``.
+
+    Global batch k of an epoch is samples [k G, (k + 1) G) of the epoch's order (G =
+    batch_size x dp_size); rank r takes the r-th contiguous share. The order depends only
+    on (seed, epoch), so any layout with the same G sees the same global batches, and the
+    position is kept in global samples (exact resume on another data-parallel size)."""
 
     def __init__(self, dataset: SyntheticLatentDataset, batch_size: int, dp_rank: int,
                  dp_size: int, seed: int, shuffle: bool = True):
-        per_rank = len(dataset) // dp_size
-        if per_rank < batch_size:
-            raise ValueError(f"{len(dataset)} samples over {dp_size} data-parallel ranks "
-                             f"leave {per_rank} per rank, fewer than batch_size={batch_size}")
+        self.global_batch = batch_size * dp_size
+        if len(dataset) < self.global_batch:
+            raise ValueError(f"{len(dataset)} samples are fewer than one global batch of "
+                             f"{batch_size} x {dp_size} data-parallel ranks")
         self.dataset, self.batch_size = dataset, batch_size
         self.dp_rank, self.dp_size, self.seed, self.shuffle = dp_rank, dp_size, seed, shuffle
         self.epoch, self.batch_index = 0, 0
         self._order_epoch, self._order = None, []
-        self._batches_per_epoch = per_rank // batch_size
+        self._batches_per_epoch = len(dataset) // self.global_batch
 
     def batches_per_epoch(self) -> int:
         return self._batches_per_epoch
 
     def _epoch_indices(self, epoch: int) -> list[int]:
-        """This rank's sample order for ``epoch``, computed once per epoch."""
+        """The epoch's sample order (all ranks), computed once per epoch."""
         if self._order_epoch == epoch:
             return self._order
         n = len(self.dataset)
@@ -106,8 +111,7 @@ class SyntheticLatentLoader:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
         else:
             order = torch.arange(n)
-        usable = (n // self.dp_size) * self.dp_size
-        self._order_epoch, self._order = epoch, order[:usable][self.dp_rank::self.dp_size].tolist()
+        self._order_epoch, self._order = epoch, order.tolist()
         return self._order
 
     def __iter__(self):
@@ -117,22 +121,34 @@ class SyntheticLatentLoader:
         if self.batch_index >= self._batches_per_epoch:
             self.epoch, self.batch_index = self.epoch + 1, 0
         idx = self._epoch_indices(self.epoch)
-        start = self.batch_index * self.batch_size
+        first = self.dp_rank * self.batch_size  # this rank's place in the global batch
+        start = self.batch_index * self.global_batch + first
         items = [self.dataset[i] for i in idx[start:start + self.batch_size]]
         self.batch_index += 1
         return {"latents": torch.stack([x for x, _ in items]),
-                "captions": [c for _, c in items]}
+                "captions": [c for _, c in items],
+                "index": torch.arange(first, first + self.batch_size)}
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.seed,
-                "dp_rank": self.dp_rank, "dp_size": self.dp_size}
+                "samples": self.batch_index * self.global_batch,
+                "global_batch": self.global_batch, "dp_size": self.dp_size}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["dp_size"] != self.dp_size:
-            # A new data-parallel size reshuffles within the epoch; restart that epoch.
-            self.epoch, self.batch_index = state["epoch"], 0
-            return
-        self.epoch, self.batch_index = state["epoch"], state["batch_index"]
+        self.epoch = int(state["epoch"])
+        if "samples" in state:  # global samples of the epoch already consumed
+            self.batch_index, rest = divmod(int(state["samples"]), self.global_batch)
+            if rest:
+                import logging
+                logging.getLogger("moviegen.data").warning(
+                    "resuming at sample %d of epoch %d, which global batches of %d do not "
+                    "reach exactly: %d samples are skipped", state["samples"], self.epoch,
+                    self.global_batch, self.global_batch - rest)
+                self.batch_index += 1
+        elif state["dp_size"] == self.dp_size:
+            self.batch_index = int(state["batch_index"])
+        else:  # an older checkpoint without a global position: restart the epoch
+            self.batch_index = 0
 
     def stats(self) -> dict:
         return {"skipped_files": 0, "seen_files": 0}

@@ -318,9 +318,14 @@ class VideoLoader:
         video = item["video"]
         if video.device != self.device:
             video = video.to(self.device, non_blocking=True)
+        # each sample's place in the global batch (keys its noise, t and caption dropout)
+        plan = self.plan(spec.epoch)
+        first = plan.rank_slice(spec.index, self.dp_rank, self.dp_size).start - int(
+            plan.batch_offsets[spec.index])
         return {"video": video, "captions": captions,
                 "bucket": spec.bucket.name, "paths": [s.path for s in samples],
-                "fps": [s.fps_used for s in samples]}
+                "fps": [s.fps_used for s in samples],
+                "index": torch.as_tensor([first + i for i in kept], dtype=torch.int64)}
 
     def _check_skips(self, epoch_end: bool):
         seen = int(self._seen.sum())

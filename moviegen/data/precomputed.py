@@ -129,9 +129,13 @@ def write_index(out_dir: str, cfg, text_dims: dict) -> dict:
 class PrecomputedLoader:
     """Batches of precomputed latents + text embeddings, resumable and DP-sharded.
 
-    A batch holds samples of one bucket (one latent shape). Per epoch the samples of each
-    bucket are shuffled with (seed, epoch) and cut into batches; the batch order is
-    shuffled too and dealt round-robin to data-parallel ranks.
+    A global batch holds samples of one bucket (one latent shape). Per epoch the samples
+    of each bucket are shuffled with (seed, epoch) and cut into global batches of
+    batch_size x dp_size (a bucket's last batch is filled up with its first samples, so
+    every sample is seen each epoch and every batch is full); the batch order is shuffled
+    too, and rank r takes the r-th contiguous share of each. The plan depends on
+    (seed, epoch, global batch size) only, so a run resumes on any data-parallel size
+    with the same global batch; ``index`` gives each sample's place in its global batch.
     """
 
     def __init__(self, directory: str, split: str, batch_size: int, dp_rank: int,
@@ -156,17 +160,28 @@ class PrecomputedLoader:
                                f"{dp_size} data-parallel ranks")
 
     def _plan(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """The epoch's global batches (lists of (shard, row)), the same on every rank."""
         rng = random.Random(self.seed * 1_000_003 + epoch)
+        size = self.batch_size * self.dp_size
         batches = []
         for bucket in sorted(self.by_bucket):
             items = list(self.by_bucket[bucket])
             if self.split == "train":
                 rng.shuffle(items)
-            batches += [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+            for i in range(0, len(items), size):
+                batch = items[i:i + size]
+                while len(batch) < size:  # fill the last batch from the bucket's start
+                    batch += items[:size - len(batch)]
+                batches.append(batch)
         if self.split == "train":
             rng.shuffle(batches)
-        usable = len(batches) - len(batches) % self.dp_size
-        return batches[:usable][self.dp_rank::self.dp_size]
+        return batches
+
+    def _share(self, n: int) -> tuple[int, int]:
+        """[lo, hi) of this rank's part of a global batch of n samples."""
+        base, extra = divmod(n, self.dp_size)
+        lo = self.dp_rank * base + min(self.dp_rank, extra)
+        return lo, lo + base + (1 if self.dp_rank < extra else 0)
 
     def _epoch_plan(self, epoch: int) -> list[list[tuple[int, int]]]:
         """The plan of ``epoch``, computed once per epoch rather than once per batch."""
@@ -196,7 +211,8 @@ class PrecomputedLoader:
         if self.batch_index >= len(plan):
             self.epoch, self.batch_index = self.epoch + 1, 0
             plan = self._epoch_plan(self.epoch)
-        items = plan[self.batch_index]
+        lo, hi = self._share(len(plan[self.batch_index]))
+        items = plan[self.batch_index][lo:hi]
         self.batch_index += 1
         shards = [self._shard(si) for si, _ in items]
         latents = torch.stack([sh["latents"][i] for sh, (_, i) in zip(shards, items)])
@@ -206,14 +222,25 @@ class PrecomputedLoader:
         masks = {n: torch.stack([sh[f"text.{n}.mask"][i] for sh, (_, i) in zip(shards, items)])
                  for n in names}
         return {"latents": latents, "text_embeds": embeds, "text_masks": masks,
-                "captions": [sh["captions"][i] for sh, (_, i) in zip(shards, items)]}
+                "captions": [sh["captions"][i] for sh, (_, i) in zip(shards, items)],
+                "index": torch.arange(lo, hi)}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch_index": self.batch_index,
-                "dp_rank": self.dp_rank, "dp_size": self.dp_size, "seed": self.seed}
+        """``batch_index`` counts global batches: the same position on any layout."""
+        return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.seed,
+                "global_batch": self.batch_size * self.dp_size,
+                "dp_rank": self.dp_rank, "dp_size": self.dp_size}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.batch_index = int(state["epoch"]), int(state["batch_index"])
+        saved = state.get("global_batch", self.batch_size * state.get("dp_size", self.dp_size))
+        if saved != self.batch_size * self.dp_size:  # another plan: restart the epoch
+            import logging
+            logging.getLogger("moviegen.data").warning(
+                "the checkpoint's global batch (%d) differs from this run's (%d): epoch %d "
+                "restarts (set data.global_batch_size to keep it)", saved,
+                self.batch_size * self.dp_size, self.epoch)
+            self.batch_index = 0
 
     def stats(self) -> dict:
         return {"skipped_files": 0, "seen_files": 0}

@@ -10,7 +10,9 @@ data.kind
 
 Every loader has one interface (``BatchLoader``): it iterates forever and yields dicts
 with ``captions`` and either ``latents`` [B, C, T', H', W'] or ``video`` [B, 3, T, H, W] in
-[-1, 1]; ``batches_per_epoch()`` (one pass of this rank's shard, e.g. for validation),
+[-1, 1], and ``index`` [B]: each sample's position in the step's
+global batch, the same on any layout, which keys its noise, t and caption dropout;
+``batches_per_epoch()`` (one pass of this rank's shard, e.g. for validation),
 ``state_dict()`` / ``load_state_dict()`` (``epoch`` and ``batch_index`` of the next batch:
 exact resume) and ``stats()`` (``seen_files``, ``skipped_files``: undecodable inputs that
 were skipped and logged).
@@ -39,14 +41,29 @@ class BatchLoader(Protocol, Iterator[dict]):
     def stats(self) -> dict: ...
 
 
+def per_rank_batch(data_cfg, dp_size: int) -> int:
+    """Samples per data-parallel rank per step: data.global_batch_size / dp when it is
+    set (a ConfigError when dp does not divide it), else data.batch_size."""
+    from moviegen.config.core import check
+
+    g = data_cfg.global_batch_size
+    if g is None:
+        return data_cfg.batch_size
+    check(g % dp_size == 0, "data.global_batch_size",
+          f"{g} samples do not split over {dp_size} data-parallel ranks (dp_replicate x "
+          f"dp_shard); choose a multiple of {dp_size} or another layout")
+    return g // dp_size
+
+
 def build_data(cfg, dp_rank: int, dp_size: int, split: str):
     d = cfg.data
+    batch = per_rank_batch(d, dp_size)
     if d.kind == "synthetic_latents":
         shape = (cfg.model.in_channels, d.latent_frames, d.latent_height, d.latent_width)
         n = d.num_train if split == "train" else d.num_val
         seed = cfg.train.seed if split == "train" else cfg.train.seed + 7919
         ds = SyntheticLatentDataset(n, shape, seed=seed, fps=d.fps)
-        bs = d.batch_size if split == "train" else min(d.batch_size, n)
+        bs = batch if split == "train" else max(1, min(batch, n // dp_size))
         return SyntheticLatentLoader(ds, bs, dp_rank, dp_size, seed=seed,
                                      shuffle=(split == "train"))
     if d.kind == "video":
@@ -57,7 +74,7 @@ def build_data(cfg, dp_rank: int, dp_size: int, split: str):
     if d.kind == "precomputed":
         from moviegen.data.precomputed import PrecomputedLoader
 
-        return PrecomputedLoader(d.precomputed_dir, split=split, batch_size=d.batch_size,
+        return PrecomputedLoader(d.precomputed_dir, split=split, batch_size=batch,
                                  dp_rank=dp_rank, dp_size=dp_size, seed=cfg.train.seed)
     raise ValueError(f"data.kind: '{d.kind}' is not a known data source "
                      f"(synthetic_latents, video, precomputed)")

@@ -420,19 +420,28 @@ class MovieGenTransformer(nn.Module):
         self.set_kernel_backend(args.kernels)
 
     # -- init ---------------------------------------------------------------
+    def init_units(self) -> list[tuple[str, nn.Module]]:
+        """(name prefix, module) pieces that each initialise all their own parameters
+        with ``reset_parameters()``; together they hold every parameter."""
+        units = [("patch_embed", self.patch_embed), ("pos_embed", self.pos_embed),
+                 ("time_embed", self.time_embed)]
+        units += [(f"text_proj.{k}", m) for k, m in self.text_proj.items()]
+        units += [(f"blocks.{k}", m) for k, m in self.blocks.items()]
+        return units + [("final_layer", self.final_layer)]
+
     @torch.no_grad()
-    def init_weights(self):
-        """Initialise every parameter in place (works after ``to_empty`` from meta)."""
-        # Each of our modules initialises its own children (torch's Linear/Conv defaults
-        # are never used), so the order here does not matter.
-        self.patch_embed.reset_parameters()
-        self.pos_embed.reset_parameters()
-        self.time_embed.reset_parameters()
-        for proj in self.text_proj.values():
-            proj.reset_parameters()
-        for block in self.blocks.values():
-            block.reset_parameters()
-        self.final_layer.reset_parameters()
+    def init_weights(self, seed: int | None = None):
+        """Initialise every parameter in place (works after ``to_empty`` from meta).
+
+        With ``seed``, each unit draws from a CPU generator seeded by (seed, its name),
+        so the result depends on nothing else (``init_unit``; the trainer builds the same
+        numbers shard by shard with ``parallel.state.init_shards``). Without, the units
+        draw in turn from the global generator."""
+        for prefix, unit in self.init_units():
+            if seed is None:
+                unit.reset_parameters()
+            else:
+                init_unit(prefix, unit, seed)
 
     def set_kernel_backend(self, setting: str, device: torch.device | str | None = None):
         """Routes norms, residuals, position adds and attention to Triton or torch."""
@@ -549,10 +558,22 @@ def adapt_stage_state_dict(state: dict, model: MovieGenTransformer,
     return out
 
 
-def build_model(args: ModelArgs, device: torch.device | str = "cpu") -> MovieGenTransformer:
-    """Meta-device construction, materialise on ``device``, then ``init_weights``."""
+def init_unit(prefix: str, unit: nn.Module, seed: int) -> None:
+    """``unit.reset_parameters()`` on CPU tensors, drawing from a generator seeded by
+    (seed, prefix) only: the same numbers on any layout, device and process."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}/{prefix}".encode(), digest_size=8).digest()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+        unit.reset_parameters()
+
+
+def build_model(args: ModelArgs, device: torch.device | str = "cpu",
+                seed: int | None = None) -> MovieGenTransformer:
+    """Meta-device construction, materialise on ``device``, then ``init_weights(seed)``."""
     with torch.device("meta"):
         model = MovieGenTransformer(args)
     model.to_empty(device=device)
-    model.init_weights()
+    model.init_weights(seed)
     return model

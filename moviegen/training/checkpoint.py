@@ -13,10 +13,12 @@ Layout under ``<output_dir>/checkpoints``::
 
 What is saved: every ``Stateful`` object registered once with the manager. Sharded state
 (the model and optimizer through ``get_model_state_dict`` / ``get_optimizer_state_dict``,
-so plain, FSDP2 and tensor-parallel models all work and a checkpoint written with one
-layout loads into another; the EMA weights with the parameters' sharding) goes through
-DCP; per-rank state (step, scheduler, loader position, RNG, counters) goes to
-``train_state/rank_<r>.pt``. When to save is the manager's decision (``save_if_due``).
+the optimizer flattened to parameter names, so plain, FSDP2 and tensor-parallel models
+all work and a checkpoint written with one layout loads into another: TP on or off, DP
+up or down, CP changed, HSDP or FSDP; the EMA weights with the parameters' sharding)
+goes through DCP; per-rank state (step, scheduler step, loader position in global
+samples, RNG, counters) goes to ``train_state/rank_<r>.pt``: none of it differs between
+ranks except RNG streams, which only a same-layout resume restores. When to save is the manager's decision (``save_if_due``).
 
 Atomicity: every rank writes into ``.tmp-step_N``; after DCP has written its metadata
 (which it does only once all ranks' shards are written) rank 0 renames the directory to
@@ -77,21 +79,59 @@ class ModelState:
 
 
 class OptimizerState:
-    """Stateful view of an optimizer over a (possibly sharded) model for DCP."""
+    """Stateful view of an optimizer over a (possibly sharded) model for DCP.
+
+    Saved flattened (torchtitan's choice): every entry, hyperparameters included, is
+    keyed by the parameter's name (``state.<fqn>.exp_avg``, ``param_groups.<fqn>.lr``),
+    never by the index of a param group, so the file does not depend on how this layout
+    groups its parameters (one group per device mesh) and loads into any other."""
 
     def __init__(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
+        self.flatten = True
+
+    def _options(self):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(flatten_optimizer_state_dict=self.flatten)
+
+    def match_checkpoint(self, name: str, keys: set) -> None:
+        """Reads checkpoints written before the flattened format too (same layout only)."""
+        self.flatten = not any(k.startswith(f"{name}.param_groups.0.") for k in keys)
 
     def state_dict(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
         reshard_fsdp(self.model)
-        return get_optimizer_state_dict(self.model, self.optimizer)
+        return get_optimizer_state_dict(self.model, self.optimizer, options=self._options())
 
     def load_state_dict(self, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-        set_optimizer_state_dict(self.model, self.optimizer, state)
+        set_optimizer_state_dict(self.model, self.optimizer, state, options=self._options())
+        self.flatten = True
+
+
+class SchedulerState:
+    """A learning-rate scheduler's position only: its step. The per-group base rates come
+    from the config, so the state loads whatever param groups this layout has (a saved
+    ``base_lrs`` list is as long as the saving layout's group count)."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": self.scheduler.last_epoch,
+                "_step_count": self.scheduler._step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        s = self.scheduler
+        s.last_epoch = int(state["last_epoch"])
+        s._step_count = int(state.get("_step_count", s.last_epoch + 1))
+        lrs = [base * fn(s.last_epoch) for base, fn in zip(s.base_lrs, s.lr_lambdas)]
+        for group, lr in zip(s.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        s._last_lr = lrs
 
 
 class RNGState:
@@ -310,6 +350,8 @@ class CheckpointManager:
         state, missing = {}, []
         for name, obj in self._sharded.items():
             if any(k == name or k.startswith(name + ".") for k in keys):
+                if hasattr(obj, "match_checkpoint"):
+                    obj.match_checkpoint(name, keys)
                 state[name] = obj
             elif name in self._on_missing:
                 missing.append(name)

@@ -5,7 +5,9 @@ this file says only what is particular to the Movie Gen transformer:
   model      text encoders (frozen) + MovieGenTransformer built on the meta device, then
              parallel.parallelize (TP, CP, AC, compile, FSDP), materialised and initialised
   data       moviegen.data.sources.build_data (synthetic latents, video files, precomputed)
-  step       t ~ logit-normal, x_t = t x1 + (1 - (1 - s) t) x0, MSE to the velocity
+  step       t ~ logit-normal, x_t = t x1 + (1 - (1 - s) t) x0, MSE to the velocity over
+             the global batch; t, noise and caption dropout per sample from (seed, step,
+             index in the global batch), never from the rank
   validate   the same loss on the held-out split with fixed t and noise
   export     consolidated weights (+ EMA) in <output_dir>/final for moviegen.sample
 """
@@ -16,29 +18,36 @@ import math
 import os
 
 import torch
+import torch.distributed as dist
 
-from moviegen.data.sources import build_data, build_pixel_encoder, latent_grids
-from moviegen.flow import flow_matching_loss, interpolate, sample_t, target_velocity
+from moviegen.data.sources import (build_data, build_pixel_encoder, latent_grids,
+                                   per_rank_batch)
+from moviegen.flow import (flow_matching_loss, interpolate, per_sample_draws, sample_seed,
+                          target_velocity)
 from moviegen.models.flops import flops_per_sample
-from moviegen.models.text_encoders import TextEncoders, drop_captions
+from moviegen.models.text_encoders import TextEncoders
 from moviegen.models.transformer import (MovieGenTransformer, adapt_stage_state_dict,
-                                         resolve_model_args)
+                                         init_unit, resolve_model_args)
 from moviegen.training.distributed import check_layout
 from moviegen.training.export import export_inference
 from moviegen.training.trainer import Trainer
 from parallel.parallelize import parallelize
-from parallel.state import gather_full_state_dict, load_full_state_dict, model_tensors
+from parallel.state import (gather_full_state_dict, init_shards, load_full_state_dict,
+                            model_tensors)
 
 logger = logging.getLogger("moviegen.training")
 
 
 def job_layout(cfg, world: int):
     """ParallelDims of a transformer job on ``world`` ranks: every layout rule (world size,
-    heads and FFN width against tp, each data shape's tokens against cp x tp), checked as
+    heads and FFN width against tp, each data shape's tokens against cp x tp, the global
+    batch against the data-parallel degree), checked as
     a ConfigError without any process group."""
     m = resolve_model_args(cfg.model)
-    return check_layout(cfg.parallel, world, m.n_heads, m.ffn_dim, latent_grids(cfg),
+    dims = check_layout(cfg.parallel, world, m.n_heads, m.ffn_dim, latent_grids(cfg),
                         cfg.model.patch_size)
+    per_rank_batch(cfg.data, dims.dp)  # the global batch splits over the DP ranks
+    return dims
 
 
 class DiffusionTrainer(Trainer):
@@ -58,7 +67,13 @@ class DiffusionTrainer(Trainer):
         self.parallel = parallelize(model, self.dims, self.mesh, cfg.parallel,
                                     self.device.type)
         model.to_empty(device=self.device)
-        model.init_weights()
+        # whole tensors from (train.seed, unit name), then this rank's shard: the same
+        # initial weights on every layout (init_weights after sharding would draw each
+        # shard from its own rank's generator)
+        with torch.device("meta"):
+            plain = MovieGenTransformer(self.model_args)
+        init_shards(model, plain.init_units(),
+                    lambda prefix, unit: init_unit(prefix, unit, cfg.train.seed))
         model.set_kernel_backend(cfg.model.kernels, self.device)
         if cfg.train.init_from:
             self._init_from(model, cfg.train.init_from)
@@ -83,8 +98,11 @@ class DiffusionTrainer(Trainer):
         return loader
 
     # -- one step -----------------------------------------------------------
-    def prepare_batch(self, batch: dict, generator: torch.Generator, drop_text: bool):
-        """Latents, noise, t and text embeddings for one batch (no graph, no host sync)."""
+    def prepare_batch(self, batch: dict, stream: str, step: int, drop_text: bool):
+        """Latents, noise, t and text embeddings for one batch (no graph, no host sync).
+
+        t, noise and caption dropout of a sample come from (train.seed, ``stream``,
+        ``step``, its index in the global batch): the same numbers on any layout."""
         if "latents" in batch:
             x1 = batch["latents"].to(self.device, non_blocking=True)
         else:  # pixels from video files: encode with the frozen TAE (or random patches)
@@ -94,27 +112,45 @@ class DiffusionTrainer(Trainer):
             masks = {k: v.to(self.device) for k, v in batch["text_masks"].items()}
         else:
             embeds, masks = self.text_encoders.encode(batch["captions"])
-        if drop_text:
-            masks = drop_captions(masks, self.cfg.text.caption_dropout, generator)
-        t = sample_t(x1.shape[0], generator=generator).to(self.device)
-        x0 = torch.randn(x1.shape, generator=generator).to(self.device)
+        B = x1.shape[0]
+        index = batch.get("index")
+        if index is None:  # a source without global positions: rank-major placement
+            index = torch.arange(self.dp_rank * B, (self.dp_rank + 1) * B)
+        seeds = [sample_seed(self.cfg.train.seed, stream, step, int(i)) for i in index]
+        t, x0, keep = per_sample_draws(tuple(x1.shape), seeds,
+                                       self.cfg.text.caption_dropout if drop_text else 0.0)
+        if drop_text:  # classifier-free guidance: a dropped sample keeps no text token
+            keep = keep.to(self.device)
+            masks = {k: m & keep[:, None] for k, m in masks.items()}
+        t, x0 = t.to(self.device), x0.to(device=self.device, dtype=x1.dtype)
         sigma = self.cfg.flow.sigma_min
         return interpolate(x0, x1, t, sigma), t, target_velocity(x0, x1, sigma), embeds, masks
 
-    def forward_loss(self, x_t, t, target, embeds, masks):
+    def forward_sums(self, x_t, t, target, embeds, masks):
+        """(sum of squared errors, element count) of this rank's samples."""
         with self.autocast():
             pred = self.model(x_t, t, embeds, masks)
-        sum_sq, count = flow_matching_loss(pred, target)
+        return flow_matching_loss(pred, target)
+
+    def forward_loss(self, x_t, t, target, embeds, masks):
+        sum_sq, count = self.forward_sums(x_t, t, target, embeds, masks)
         return sum_sq / count
 
     def forward_backward(self, batch: dict):
-        inputs = self.prepare_batch(batch, self.gen, drop_text=True)
+        inputs = self.prepare_batch(batch, "train", self.step, drop_text=True)
         self.last_batch_shape = tuple(inputs[0].shape)
-        loss = self.forward_loss(*inputs)
-        loss.backward()
+        sum_sq, count = self.forward_sums(*inputs)
+        # The loss is the mean over every element of the global batch: one all-reduce of
+        # (sum, count) over the data-parallel ranks (CP/TP peers hold the same sums).
+        totals = torch.stack([sum_sq.detach(), count.to(sum_sq.dtype)])
+        if self.dp_size > 1:
+            dist.all_reduce(totals, group=self.mesh["dp"].get_group())
+        # FSDP divides the summed gradients by the data-parallel degree, so each rank's
+        # part is scaled by dp: the result is d(global sum / global count).
+        (sum_sq * (self.dp_size / totals[1])).backward()
         tokens, flops = self.sample_cost(self.last_batch_shape)
         B = self.last_batch_shape[0]
-        return loss.detach(), {"tokens": tokens * B, "flops": flops * B}
+        return totals[0] / totals[1], {"tokens": tokens * B, "flops": flops * B}
 
     def write_samples(self, log) -> None:
         from moviegen.training.samples import write_samples
@@ -139,12 +175,11 @@ class DiffusionTrainer(Trainer):
     def validate(self) -> dict:
         """Mean velocity MSE over the held-out set, with fixed t and noise every time."""
         self.model.eval()
-        gen = torch.Generator().manual_seed(self.cfg.train.seed + 4242)
         data = self.val_data
         data.load_state_dict(self._val_start)
         total, n = torch.zeros((), device=self.device), 0
-        for _ in range(data.batches_per_epoch()):
-            inputs = self.prepare_batch(next(data), gen, drop_text=False)
+        for j in range(data.batches_per_epoch()):
+            inputs = self.prepare_batch(next(data), "val", j, drop_text=False)
             total += self.forward_loss(*inputs)
             n += 1
         return {"val_loss": self.mean_over_dp(total / max(n, 1)).item()}

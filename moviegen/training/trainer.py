@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from moviegen.training.checkpoint import (CheckpointManager, ModelState, OptimizerState,
-                                          RNGState)
+                                          RNGState, SchedulerState)
 from moviegen.training.distributed import (autocast_context, global_rank, init_distributed,
                                            pick_device, world_size)
 from moviegen.training.ema import EMA
@@ -78,8 +78,8 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.train, self.device)
         self.train_data = self.build_data("train")
         self.val_data = self.build_data("val")
-        # per-step randomness (noise, t, dropout, augmentation): shared by a CP x TP group,
-        # distinct per data-parallel rank
+        # a subclass's per-rank randomness (the TAE's augmentation): shared by a CP x TP
+        # group, distinct per data-parallel rank (the transformer's is per sample instead)
         self.gen = torch.Generator(device="cpu").manual_seed(
             cfg.train.seed + 17 + 7919 * self.dp_rank)
         self.state = TrainState()
@@ -142,7 +142,7 @@ class Trainer:
         if self.ema is not None:
             ckpt.register("ema", self.ema, on_missing=lambda: self.ema.reset(self.model))
         ckpt.register_rank("train", self.state)
-        ckpt.register_rank("scheduler", self.scheduler)
+        ckpt.register_rank("scheduler", SchedulerState(self.scheduler))
         ckpt.register_rank("data", self.train_data)
         ckpt.register_rank("nonfinite", self.nonfinite)
         ckpt.register_rank("rng", RNGState({"train": self.gen}), same_layout_only=True)
