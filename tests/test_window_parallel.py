@@ -11,6 +11,8 @@ nothing; the one-frame images do not split on frames and take the all-gather fal
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dist_helpers import compare, reference_state, run_parallel, run_reference, spawn
@@ -57,3 +59,34 @@ def test_window_exchange_plan():
     assert window_exchange((4, 4, 6), (4, 2, 3), 2) == 2
     assert window_exchange((1, 4, 6), (1, 2, 3), 2) is None    # a frame split: fallback
     assert window_exchange((6, 4, 6), (2, 2, 3), 2) is None    # 3 frames, 2-frame windows
+
+
+@pytest.mark.timeout(200)
+def test_cli_window_run_on_tp2_cp2_logs_the_one_process_losses(tmp_path):
+    """W.A.L.T windows through the public command: python -m moviegen.train on 1 process
+    and torchrun tp 2 x cp 2 (the CP split on frame boundaries: spatiotemporal windows of
+    2 frames exchange with the neighbouring rank) log the same losses."""
+    import subprocess
+    import sys
+
+    from moviegen.training.metrics import read_metrics
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    common = ["-m", "moviegen.train", "--config", "launch/configs/tiny.yaml",
+              "--model.attention_pattern=window", "--model.spatial_window=[4, 3]",
+              "--model.spatiotemporal_window=[2, 2, 3]", "--data.global_batch_size=8",
+              "--train.steps=4", "--train.log_every=1", "--train.val_every=1000",
+              "--train.progress_bar=false", "--metrics.tensorboard=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    runs = {"one": [sys.executable],
+            "tp2_cp2": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=4", "--no-python", sys.executable]}
+    layouts = {"one": [], "tp2_cp2": ["--parallel.tp=2", "--parallel.cp=2"]}
+    losses = {}
+    for name, prefix in runs.items():
+        out = subprocess.run(prefix + common + layouts[name] + [f"--output_dir={tmp_path / name}"],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=90)
+        assert out.returncode == 0, f"{name}:\n{out.stderr[-3000:]}"
+        losses[name] = [r["loss"] for r in read_metrics(str(tmp_path / name)) if "loss" in r]
+    assert len(losses["one"]) == 4
+    assert losses["tp2_cp2"] == pytest.approx(losses["one"], rel=1e-5)
