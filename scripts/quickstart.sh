@@ -33,10 +33,17 @@ if [ "$what" = test ] && [ "${CI:-}" = true ] && [ "$(id -u)" = 0 ] && command -
   bash scripts/install_slurm.sh || echo "[setup] SLURM install failed: its test will be skipped"
 fi
 
-# One thread per process unless OMP_NUM_THREADS is set: beside other work on a small
-# machine, more threads than free cores slow torch down many times over (set
-# OMP_NUM_THREADS=2 on an idle 2-core machine for a little more speed).
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-${OMP_NUM_THREADS:-1}}"
+# Threads, unless OMP_NUM_THREADS is set: the tests run many processes, one thread each;
+# the demo is one process and uses every core (on 2 cores its TAE steps take about half
+# the time of one thread). Beside other work, more threads than free cores slow torch down
+# many times over: then run it with OMP_NUM_THREADS=1.
+if [ "$what" = demo ]; then
+  threads="$(nproc 2>/dev/null || echo 1)"
+else
+  threads=1
+fi
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$threads}"
+export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$OMP_NUM_THREADS}"
 if [ "$what" = demo ]; then
   echo "[setup] OMP_NUM_THREADS=$OMP_NUM_THREADS"
   exec "$PY" -m moviegen.demo "$@"

@@ -116,3 +116,29 @@ def test_too_many_skips_raise():
     with pytest.raises(RuntimeError, match="max_skip_fraction"):
         for _ in islice(ld, 3 * ld.batches_per_epoch()):
             pass
+
+
+def test_decoded_clip_cache_gives_the_same_frames_and_decodes_each_file_once(monkeypatch):
+    from moviegen.data import decode
+
+    manifest = synthetic_dataset()
+    m = load_manifest(manifest)
+    row = int(np.flatnonzero(~m.is_image)[0])
+    idx = np.array([0, 2, 5])
+    plain = decode.decode_video_pyav(m.resolve(row), idx)
+    calls = []
+    real = decode._decode_all
+    monkeypatch.setattr(decode, "_decode_all", lambda p: calls.append(p) or real(p))
+    decode.set_clip_cache(64)
+    try:
+        first = decode.decode_video_pyav(m.resolve(row), idx)
+        again = decode.decode_video_pyav(m.resolve(row), np.array([5, 0]))
+    finally:
+        decode.set_clip_cache(0)
+    assert np.array_equal(first, plain) and np.array_equal(again, plain[[2, 0]])
+    assert calls == [m.resolve(row)]
+    cache = decode.ClipCache(1)  # 1 MiB: the oldest clip goes first
+    a, b = np.zeros((4, 256, 256, 3), np.uint8), np.ones((4, 256, 256, 3), np.uint8)
+    cache.put("a", a)
+    cache.put("b", b)
+    assert cache.get("a") is None and cache.get("b") is b and cache.used == b.nbytes

@@ -52,6 +52,9 @@ class TAEDataConfig:
     """Decoder of the training clips: auto, dali or pyav (see data.video.backend)."""
     num_workers: int = 1
     """Decode workers (PyAV DataLoader processes or DALI threads)."""
+    cache_decoded_mb: int = 2048
+    """Keep decoded clips in memory up to this many MB per decoding process, so each file is
+    decoded once, not once per batch (with backend auto this decodes with PyAV); 0: off."""
     max_skip_fraction: float = 0.05
     """Stop when more than this fraction of the files seen cannot be decoded (each skipped
     file is logged with its reason and counted in metrics.jsonl's skipped_files)."""
@@ -64,6 +67,7 @@ class TAEDataConfig:
         check(self.fps > 0, "data.fps", "must be > 0")
         check_choice(self.backend, "data.backend", ("auto", "dali", "pyav"))
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        check(self.cache_decoded_mb >= 0, "data.cache_decoded_mb", "must be >= 0")
         check(0.0 <= self.max_skip_fraction <= 1.0, "data.max_skip_fraction",
               "must be in [0, 1]")
 

@@ -75,8 +75,8 @@ def _permissive_filter() -> VideoDataConfig:
 
 def clip_loader_config(manifest: str, frames: int, fps: float, height: int, width: int,
                        batch_size: int, multiple: int, backend: str = "auto",
-                       num_workers: int = 1, max_skip_fraction: float = 0.05
-                       ) -> VideoDataConfig:
+                       num_workers: int = 1, max_skip_fraction: float = 0.05,
+                       cache_decoded_mb: int = 0) -> VideoDataConfig:
     """Loader settings that yield [batch_size, 3, frames, height, width] clips: one bucket
     (width / height, frames / fps seconds), resized so the frame covers it, randomly
     cropped; a last partial batch is dropped, so every step sees batch_size clips."""
@@ -87,7 +87,8 @@ def clip_loader_config(manifest: str, frames: int, fps: float, height: int, widt
         durations=[frames / fps], use_images=False, tokens_per_batch=1 << 30, drop_last=True,
         max_batch_size=batch_size, temporal_compression=1, spatial_compression=1,
         patch=[1, 1, 1], min_side=1, min_duration_s=0.0, max_duration_s=1e9,
-        max_skip_fraction=max_skip_fraction, skip_check_min_files=1 << 30).validate()
+        max_skip_fraction=max_skip_fraction, skip_check_min_files=1 << 30,
+        cache_decoded_mb=cache_decoded_mb).validate()
 
 
 def held_out_clips(manifest: str, num_val: int, frames: int, multiple: int

@@ -94,6 +94,10 @@ class VideoDataConfig:
     """Drop each bucket's last partial global batch. False keeps it, split over DP ranks
     as evenly as possible, so every sample is seen once per epoch."""
 
+    cache_decoded_mb: int = 0
+    """PyAV path: keep decoded clips in memory, up to this many MB per decoding process
+    (0: off); for a small set trained for many epochs, e.g. the TAE on a few hundred clips."""
+
     max_skip_fraction: float = 0.05
     """Fail loudly when skipped files / seen files passes this (checked once at least
     `skip_check_min_files` files were seen, and at every epoch end)."""
@@ -111,6 +115,8 @@ class VideoDataConfig:
             bad("backend", f"must be one of {BACKENDS}")
         if self.num_workers < 0:
             bad("num_workers", "must be >= 0")
+        if self.cache_decoded_mb < 0:
+            bad("cache_decoded_mb", "must be >= 0")
         if self.prefetch_batches < 1:
             bad("prefetch_batches", "must be >= 1")
         if not self.fps > 0:

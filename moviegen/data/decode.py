@@ -107,6 +107,41 @@ def check_file(path: str) -> None:
         raise DecodeError("zero-byte file")
 
 
+class ClipCache:
+    """Decoded clips kept in this process, least recently used out first, up to a budget:
+    a small dataset trained for many epochs (a TAE on a few hundred clips) decodes each
+    file once instead of once per batch."""
+
+    def __init__(self, budget_mb: int = 0):
+        self.budget = budget_mb * 2**20
+        self.used = 0
+        self.clips: dict[str, np.ndarray] = {}
+
+    def get(self, path: str) -> np.ndarray | None:
+        clip = self.clips.pop(path, None)
+        if clip is not None:
+            self.clips[path] = clip  # most recently used last
+        return clip
+
+    def put(self, path: str, clip: np.ndarray) -> None:
+        if clip.nbytes > self.budget:
+            return
+        while self.used + clip.nbytes > self.budget and self.clips:
+            self.used -= self.clips.pop(next(iter(self.clips))).nbytes
+        self.clips[path] = clip
+        self.used += clip.nbytes
+
+
+_CLIP_CACHE = ClipCache(0)
+
+
+def set_clip_cache(budget_mb: int) -> None:
+    """Sizes this process's decoded-clip cache (0: off); kept when the size is unchanged."""
+    global _CLIP_CACHE
+    if _CLIP_CACHE.budget != budget_mb * 2**20:
+        _CLIP_CACHE = ClipCache(budget_mb)
+
+
 def decode_video_pyav(path: str, indices: np.ndarray, codecs=None,
                      times: np.ndarray | None = None) -> np.ndarray:
     """uint8 [T, H, W, 3] frames `indices` (decode order = presentation order), or with
@@ -117,6 +152,15 @@ def decode_video_pyav(path: str, indices: np.ndarray, codecs=None,
     check_file(path)
     if times is not None:
         return _decode_by_time(path, np.asarray(times, np.float64), codecs)
+    if _CLIP_CACHE.budget > 0 and codecs is None:
+        clip = _CLIP_CACHE.get(path)
+        if clip is None:
+            clip = _decode_all(path)
+            _CLIP_CACHE.put(path, clip)
+        if int(max(indices)) >= len(clip):
+            raise DecodeError(f"truncated: needs frame {int(max(indices))}, decoded "
+                              f"{len(clip)} frames")
+        return clip[np.asarray(indices, np.int64)]
     wanted = {int(i) for i in indices}
     last = max(wanted)
     got: dict[int, np.ndarray] = {}
@@ -147,6 +191,30 @@ def decode_video_pyav(path: str, indices: np.ndarray, codecs=None,
     if len(shapes) != 1:
         raise DecodeError(f"frame size changes inside the clip: {sorted(shapes)}")
     return np.stack([got[int(i)] for i in indices])
+
+
+def _decode_all(path: str) -> np.ndarray:
+    """Every frame of a clip, uint8 [N, H, W, 3]."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise DecodeError("no video stream")
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            interp = _rgb_interpolation()
+            frames = [f.to_ndarray(format="rgb24", interpolation=interp)
+                      for f in container.decode(stream)]
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure is this file's
+        raise DecodeError(f"{type(e).__name__}: {e}") from None
+    if not frames:
+        raise DecodeError("no decodable frames")
+    if len({a.shape for a in frames}) != 1:
+        raise DecodeError("frame size changes inside the clip")
+    return np.stack(frames)
 
 
 def _decode_by_time(path: str, times: np.ndarray, codecs=None) -> np.ndarray:

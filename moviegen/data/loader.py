@@ -29,7 +29,7 @@ import torch
 
 from moviegen.data.buckets import Bucket, assign_buckets, make_buckets
 from moviegen.data.config import SPLITS, VideoDataConfig
-from moviegen.data.decode import BatchSpec, decode_batch_pyav, sample_spec
+from moviegen.data.decode import BatchSpec, decode_batch_pyav, sample_spec, set_clip_cache
 from moviegen.data.manifest import Manifest, load_manifest
 from moviegen.data.sampler import EpochPlan, build_epoch_plan
 from moviegen.models.tokenizer import fps_prefix
@@ -70,10 +70,11 @@ class _Identity:
 class _SpecDataset(torch.utils.data.Dataset):
     """DataLoader 'indices' are BatchSpecs; a worker decodes a whole batch."""
 
-    def __init__(self, codecs=None):
-        self.codecs = codecs
+    def __init__(self, codecs=None, cache_mb: int = 0):
+        self.codecs, self.cache_mb = codecs, cache_mb
 
     def __getitem__(self, spec: BatchSpec) -> dict:
+        set_clip_cache(self.cache_mb)  # in the process that decodes (a worker, or this one)
         return decode_batch_pyav(spec, self.codecs)
 
 
@@ -248,7 +249,7 @@ class VideoLoader:
         else:
             nw = self.cfg.num_workers
             dl = torch.utils.data.DataLoader(
-                _SpecDataset(self.codecs), batch_size=None, sampler=_IterableSpecs(specs),
+                _SpecDataset(self.codecs, self.cfg.cache_decoded_mb), batch_size=None, sampler=_IterableSpecs(specs),
                 num_workers=nw, collate_fn=_Identity(),
                 worker_init_fn=_ignore_preemption_signals if nw > 0 else None,
                 # its own generator: starting an iterator (again after a resume) must not
@@ -411,6 +412,8 @@ def build_video_loader(cfg: VideoDataConfig, *, dp_rank: int, dp_size: int, seed
                              "(python -m moviegen.data.synthetic --output_dir DIR ...)")
         manifest = load_manifest(path)
     backend = pick_decoder(cfg.backend)
+    if cfg.backend == "auto" and cfg.cache_decoded_mb > 0:
+        backend = "pyav"  # the decoded-clip cache is PyAV's: each file decoded once
     if cfg.backend == "auto" and backend == "dali" and torch.device(device).type == "cpu":
         # DALI's CPU decoder reads VP8/VP9/MJPEG only; rows of other codecs would all go
         # through its single-threaded CPU fallback: let PyAV's workers decode such a set

@@ -104,7 +104,7 @@ class TAETrainer(Trainer):
         self.clips_manifest, self.unreadable = self._prepare_clips()
         cfg = clip_loader_config(self.clips_manifest, d.num_frames, d.fps, d.height, d.width,
                                  d.batch_size, multiple, d.backend, d.num_workers,
-                                 d.max_skip_fraction)
+                                 d.max_skip_fraction, d.cache_decoded_mb)
         return build_video_loader(cfg, dp_rank=self.dp_rank, dp_size=self.dp_size,
                                   seed=self.cfg.train.seed, split="train")
 
