@@ -167,12 +167,13 @@ def main(argv=None) -> dict:
     return run_cli(run, DemoArgs, argv, __doc__, config_file=False)
 
 
-# (name, what it does, expected seconds: full, quick) on 2 idle cores, 1 thread
+# (name, what it does, expected seconds: full, quick) on 2 idle cores, 2 threads
+# (benchmarks/results/demo_cpu.md)
 STAGES = (
     ("data", "write {videos} VP9 clips of coloured shapes ({held} held out)", 5, 3),
-    ("tae", "train the tiny temporal autoencoder, {tae_steps} steps", 410, 15),
+    ("tae", "train the tiny temporal autoencoder, {tae_steps} steps", 690, 15),
     ("precompute", "TAE latents + text embeddings of every clip", 10, 8),
-    ("transformer", "train the flow-matching transformer, {steps} steps", 220, 15),
+    ("transformer", "train the flow-matching transformer, {steps} steps", 280, 15),
     ("sample", "generate 4 captions (one held out), decode, judge colour/motion/shape", 10, 10),
     ("plot", "loss and PSNR curves as a PNG", 3, 3),
 )
