@@ -359,7 +359,11 @@ def parse_args(cls: type, argv: list[str] | None = None, description: str = "",
     the field a leading bare argument sets (``python -m moviegen.plot RUN_DIR``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print_help(cls, description)
+        try:
+            print_help(cls, description)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `--help | head`: the reader left, nothing is wrong
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0)
     if positional and argv and not argv[0].startswith("-"):
         argv = [f"--{positional}={argv[0]}", *argv[1:]]
