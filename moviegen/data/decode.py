@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,6 +100,29 @@ def _rgb_interpolation():
     return Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 
+@contextmanager
+def _decoding(path: str, codecs=None):
+    """(container, stream) of ``path``'s first video stream, single-threaded (workers
+    parallelise); any failure inside the block (no stream, a codec outside ``codecs``, a
+    damaged file) is a DecodeError with the reason."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise DecodeError("no video stream")
+            stream = container.streams.video[0]
+            codec = stream.codec_context.name
+            if codecs is not None and codec not in codecs:
+                raise DecodeError(f"codec {codec!r} not in accepted codecs {list(codecs)}")
+            stream.codec_context.thread_count = 1
+            yield container, stream
+    except DecodeError:
+        raise
+    except Exception as e:  # av.error.*, OSError, ...: any failure is this file's
+        raise DecodeError(f"{type(e).__name__}: {e}") from None
+
+
 def check_file(path: str) -> None:
     """Cheap checks both backends do before decoding."""
     if not os.path.exists(path):
@@ -147,8 +171,6 @@ def decode_video_pyav(path: str, indices: np.ndarray, codecs=None,
     """uint8 [T, H, W, 3] frames `indices` (decode order = presentation order), or with
     ``times`` the frame shown at each time (the last frame whose timestamp, counted from
     the first frame's, is not after it: what a player shows)."""
-    import av
-
     check_file(path)
     if times is not None:
         return _decode_by_time(path, np.asarray(times, np.float64), codecs)
@@ -165,26 +187,14 @@ def decode_video_pyav(path: str, indices: np.ndarray, codecs=None,
     last = max(wanted)
     got: dict[int, np.ndarray] = {}
     count = 0
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise DecodeError("no video stream")
-            stream = container.streams.video[0]
-            codec = stream.codec_context.name
-            if codecs is not None and codec not in codecs:
-                raise DecodeError(f"codec {codec!r} not in accepted codecs {list(codecs)}")
-            stream.codec_context.thread_count = 1  # workers parallelise; avoid oversubscription
-            interp = _rgb_interpolation()
-            for frame in container.decode(stream):
-                if count in wanted:
-                    got[count] = frame.to_ndarray(format="rgb24", interpolation=interp)
-                count += 1
-                if count > last:
-                    break
-    except DecodeError:
-        raise
-    except Exception as e:  # av.error.*, OSError, ...: any failure is this file's
-        raise DecodeError(f"{type(e).__name__}: {e}") from None
+    with _decoding(path, codecs) as (container, stream):
+        interp = _rgb_interpolation()
+        for frame in container.decode(stream):
+            if count in wanted:
+                got[count] = frame.to_ndarray(format="rgb24", interpolation=interp)
+            count += 1
+            if count > last:
+                break
     if len(got) < len(wanted):
         raise DecodeError(f"truncated: needs frame {last}, decoded {count} frames")
     shapes = {a.shape for a in got.values()}
@@ -195,21 +205,10 @@ def decode_video_pyav(path: str, indices: np.ndarray, codecs=None,
 
 def _decode_all(path: str) -> np.ndarray:
     """Every frame of a clip, uint8 [N, H, W, 3]."""
-    import av
-
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise DecodeError("no video stream")
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1
-            interp = _rgb_interpolation()
-            frames = [f.to_ndarray(format="rgb24", interpolation=interp)
-                      for f in container.decode(stream)]
-    except DecodeError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any failure is this file's
-        raise DecodeError(f"{type(e).__name__}: {e}") from None
+    with _decoding(path) as (container, stream):
+        interp = _rgb_interpolation()
+        frames = [f.to_ndarray(format="rgb24", interpolation=interp)
+                  for f in container.decode(stream)]
     if not frames:
         raise DecodeError("no decodable frames")
     if len({a.shape for a in frames}) != 1:
@@ -218,36 +217,22 @@ def _decode_all(path: str) -> np.ndarray:
 
 
 def _decode_by_time(path: str, times: np.ndarray, codecs=None) -> np.ndarray:
-    import av
-
     shown: list[np.ndarray | None] = [None] * len(times)
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise DecodeError("no video stream")
-            stream = container.streams.video[0]
-            if codecs is not None and stream.codec_context.name not in codecs:
-                raise DecodeError(f"codec {stream.codec_context.name!r} not in accepted "
-                                  f"codecs {list(codecs)}")
-            stream.codec_context.thread_count = 1
-            interp, t0, k = _rgb_interpolation(), None, 0
-            for frame in container.decode(stream):
-                if frame.time is None:
-                    continue
-                t0 = frame.time if t0 is None else t0
-                t = frame.time - t0
-                while k < len(times) and times[k] < t - 1e-6:
-                    k += 1  # times before this frame were shown by the previous frame
-                if k >= len(times):
-                    break
-                img = frame.to_ndarray(format="rgb24", interpolation=interp)
-                for j in range(k, len(times)):  # this frame is shown until the next one
-                    if times[j] >= t - 1e-6:
-                        shown[j] = img
-    except DecodeError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise DecodeError(f"{type(e).__name__}: {e}") from None
+    with _decoding(path, codecs) as (container, stream):
+        interp, t0, k = _rgb_interpolation(), None, 0
+        for frame in container.decode(stream):
+            if frame.time is None:
+                continue
+            t0 = frame.time if t0 is None else t0
+            t = frame.time - t0
+            while k < len(times) and times[k] < t - 1e-6:
+                k += 1  # times before this frame were shown by the previous frame
+            if k >= len(times):
+                break
+            img = frame.to_ndarray(format="rgb24", interpolation=interp)
+            for j in range(k, len(times)):  # this frame is shown until the next one
+                if times[j] >= t - 1e-6:
+                    shown[j] = img
     if any(f is None for f in shown):
         raise DecodeError(f"truncated: no frame shown at {times[-1]:.3f} s")
     return np.stack(shown)

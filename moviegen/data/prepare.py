@@ -270,7 +270,7 @@ def prepare(input_path: str, output: str, cfg: VideoDataConfig, workers: int = 1
     for p, why in unreadable:
         print(f"prepare: left out {p}: {why}", file=sys.stderr)
 
-    kept, filtered = [], Counter(Counter(why.split(":")[0].split(" (")[0] for _, why in dropped))
+    kept, filtered = [], Counter(why.split(":")[0].split(" (")[0] for _, why in dropped)
     if probed:
         m = _to_manifest(probed, out_dir)
         buckets = make_buckets(cfg)
