@@ -113,8 +113,7 @@ class TAETrainer(Trainer):
         wait, then read the same manifest."""
         data_dir, d = self.cfg.clips_dir, self.cfg.data
         work = os.path.join(self.cfg.output_dir, "data_index")
-        manifest = os.path.join(work, "clips_manifest.jsonl")
-        unreadable = 0
+        manifest, unreadable = None, 0
         if self.is_main:
             if not (os.path.isdir(data_dir) and has_media(data_dir)):
                 if d.generate_if_missing <= 0:
@@ -129,10 +128,10 @@ class TAETrainer(Trainer):
             for path, why in report["unreadable"]:
                 logger.warning("skipping %s: %s", path, why)
             unreadable = len(report["unreadable"])
-        if self.world_size > 1:
-            box = [unreadable]
+        if self.world_size > 1:  # every rank reads the manifest rank 0 wrote
+            box = [manifest, unreadable]
             dist.broadcast_object_list(box, src=0)
-            unreadable = box[0]
+            manifest, unreadable = box
         return manifest, unreadable
 
     def skipped_files(self) -> int:
