@@ -18,11 +18,14 @@ sequence shard index = cp_rank * tp + tp_rank = this rank's coordinate in the fl
                 the sample (the global count), identical on every rank of the group.
 
 What is overlapped (forward): K is projected first and its all-gather launched at once
-(async: an AsyncCollectiveTensor is only waited on when first read); the V projection
+(an async c10d work whose handle and buffers are held until the wait); the V projection
 runs while K travels; V's all-gather is launched; the Q projection runs while both
-travel; attention then waits on K and V. Backward: autograd runs the attention
-backward, the Q projection's backward, then issues the reduce-scatters of dV and dK;
-the V projection's backward (dX and dW of wv) runs while dK is being reduce-scattered.
+travel; attention then waits on K and V. Backward: each reduce-scatter of dV and dK
+completes before autograd moves on. Plain c10d work with explicit lifetimes rather than
+functional collectives: on gloo, with FSDP2 over the same ranks, the functional form
+corrupted the heap (``malloc(): unaligned tcache chunk detected``, ``free(): invalid
+pointer``) in two of three 400-step dp_shard 2 x cp 2 runs of the tiny config on torch
+2.13; this form ran six such runs clean.
 The gathers are not overlapped with the attention kernel itself (flash attention needs
 the whole K and V) - ring attention would, at (cp-1)x more latency-bound steps.
 
@@ -39,19 +42,56 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed._functional_collectives as funcol
 
 
 # --------------------------------------------------------------------------- gathers
-def _all_gather_tokens_async(x_BSE: torch.Tensor, group) -> torch.Tensor:
-    """[B, s, E] -> [cp*s, B, E], launched but not waited on (gather along dim 0 keeps
-    the functional collective's AsyncCollectiveTensor un-waited; autograd: backward is a
-    reduce-scatter, summing every rank's contribution to these keys/values)."""
-    return funcol.all_gather_single_autograd(x_BSE.transpose(0, 1).contiguous(), 0, group)
+class _LaunchGather(torch.autograd.Function):
+    """Starts the all-gather of [s, B, E] into [cp*s, B, E] and returns the (not yet
+    filled) output; ``_WaitGather`` must run before it is read. The work handle and the
+    input stay referenced in ``pending`` until that wait, so no buffer the collective
+    still reads or writes can be freed and reused meanwhile. Backward: the reduce-scatter
+    that sums every rank's gradient of these keys/values."""
+
+    @staticmethod
+    def forward(ctx, x_SBE, group, pending):
+        ctx.group, ctx.size = group, dist.get_world_size(group)
+        x_SBE = x_SBE.contiguous()
+        out = x_SBE.new_empty((ctx.size * x_SBE.shape[0], *x_SBE.shape[1:]))
+        pending.append((dist.all_gather_into_tensor(out, x_SBE, group=group, async_op=True),
+                        x_SBE, out))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_SBE):
+        grad_SBE = grad_SBE.contiguous()
+        out = grad_SBE.new_empty((grad_SBE.shape[0] // ctx.size, *grad_SBE.shape[1:]))
+        dist.reduce_scatter_tensor(out, grad_SBE, group=ctx.group)
+        return out, None, None
 
 
-def _tokens_back(x_SBE: torch.Tensor) -> torch.Tensor:
-    return x_SBE.transpose(0, 1)  # waits here, on first use
+class _WaitGather(torch.autograd.Function):
+    """Waits for the oldest launched gather; identity for autograd."""
+
+    @staticmethod
+    def forward(ctx, out_SBE, pending):
+        work, _, buf = pending.pop(0)
+        if buf is not out_SBE:
+            raise RuntimeError("gathers must be waited on in launch order")
+        work.wait()
+        return out_SBE.view_as(out_SBE)
+
+    @staticmethod
+    def backward(ctx, grad_SBE):
+        return grad_SBE, None
+
+
+def _all_gather_tokens_async(x_BSE: torch.Tensor, group, pending: list) -> torch.Tensor:
+    """[B, s, E] -> [cp*s, B, E], launched but not waited on (``_tokens_back`` waits)."""
+    return _LaunchGather.apply(x_BSE.transpose(0, 1), group, pending)
+
+
+def _tokens_back(x_SBE: torch.Tensor, pending: list) -> torch.Tensor:
+    return _WaitGather.apply(x_SBE, pending).transpose(0, 1)
 
 
 def window_exchange(grid_thw, win_thw, cp: int) -> int | None:
@@ -68,6 +108,26 @@ def window_exchange(grid_thw, win_thw, cp: int) -> int | None:
     return None
 
 
+class _AllToAll(torch.autograd.Function):
+    """all_to_all_single over ``group`` with per-rank splits; the backward sends each
+    gradient slice back the way its values came (splits swapped)."""
+
+    @staticmethod
+    def forward(ctx, x_SBE, splits, group):
+        ctx.splits, ctx.group = splits, group
+        x_SBE = x_SBE.contiguous()
+        out = x_SBE.new_empty((sum(splits), *x_SBE.shape[1:]))
+        dist.all_to_all_single(out, x_SBE, splits, splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_SBE):
+        grad_SBE = grad_SBE.contiguous()
+        out = grad_SBE.new_empty((sum(ctx.splits), *grad_SBE.shape[1:]))
+        dist.all_to_all_single(out, grad_SBE, ctx.splits, ctx.splits, group=ctx.group)
+        return out, None, None
+
+
 def _group_gather_tokens(x_BsE: torch.Tensor, group, rank: int, cp: int, g: int):
     """[B, s, E] -> [B, g*s, E]: the tokens of this rank's group of g consecutive ranks,
     in rank order. One all-to-all over the CP group (zero-sized splits outside the
@@ -77,8 +137,7 @@ def _group_gather_tokens(x_BsE: torch.Tensor, group, rank: int, cp: int, g: int)
     first = rank - rank % g
     splits = [s if first <= r < first + g else 0 for r in range(cp)]
     x_SBE = x_BsE.transpose(0, 1).contiguous().repeat(g, 1, 1)  # a copy per receiver
-    out = funcol.all_to_all_single_autograd(x_SBE, splits, splits, group)
-    return out.transpose(0, 1)
+    return _AllToAll.apply(x_SBE, splits, group).transpose(0, 1)
 
 
 class ContextParallelAttention:
@@ -97,11 +156,12 @@ class ContextParallelAttention:
         if getattr(self, "window", None) is not None:
             return self._window_forward(x_BSD, grid_thw)
         B, s, _ = x_BSD.shape  # s = S/cp tokens (after the TP gather, if any)
-        k_full = _all_gather_tokens_async(self.wk(x_BSD), self.cp_group)  # K in flight
-        v_full = _all_gather_tokens_async(self.wv(x_BSD), self.cp_group)  # V in flight
+        pending: list = []
+        k_full = _all_gather_tokens_async(self.wk(x_BSD), self.cp_group, pending)  # K in flight
+        v_full = _all_gather_tokens_async(self.wv(x_BSD), self.cp_group, pending)  # V in flight
         q = self.wq(x_BSD).view(B, s, -1, self.head_dim).transpose(1, 2)   # (B, N, s, E)
-        k = _tokens_back(k_full).reshape(B, -1, q.shape[1], self.head_dim).transpose(1, 2)
-        v = _tokens_back(v_full).reshape(B, -1, q.shape[1], self.head_dim).transpose(1, 2)
+        k = _tokens_back(k_full, pending).reshape(B, -1, q.shape[1], self.head_dim).transpose(1, 2)
+        v = _tokens_back(v_full, pending).reshape(B, -1, q.shape[1], self.head_dim).transpose(1, 2)
         out = self.core(q, k, v, None)                                    # (B, N, s, E)
         return self.wo(out.transpose(1, 2).reshape(B, s, -1))
 
@@ -118,7 +178,9 @@ class ContextParallelAttention:
             return t_BsD.reshape(B, t_BsD.shape[1], -1, E).transpose(1, 2)  # (B, N, ., E)
 
         if g is None:  # fallback: every rank attends over every window, keeps its rows
-            q, k, v = (heads(_tokens_back(_all_gather_tokens_async(lin(x_BSD), self.cp_group)))
+            pending: list = []
+            q, k, v = (heads(_tokens_back(_all_gather_tokens_async(lin(x_BSD), self.cp_group,
+                                                                   pending), pending))
                        for lin in (self.wq, self.wk, self.wv))
             out = self.window_attention(q, k, v, grid_thw, grid_thw, win)
             out = out.narrow(2, self.cp_rank * s, s)

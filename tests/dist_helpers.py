@@ -44,6 +44,18 @@ def _entry(fn, rank, world_size, port, out_path, args):
         pickle.dump(result, f)
 
 
+def launch_failure(name: str, out) -> str:
+    """What a failed ``torchrun`` subprocess printed that explains it: each rank's crash
+    lines (Python's fault handler, glibc's heap checks, the last exception line) and the
+    launcher's summary, rather than only the tail, where one rank's crash is often cut
+    off by the others' "connection closed" tracebacks."""
+    keys = ("Fatal Python error", "malloc", "free()", "corrupt", "Error:", "error:",
+            "exitcode", "Segmentation", "Aborted")
+    lines = [ln for ln in out.stderr.splitlines() if any(k in ln for k in keys)]
+    return (f"{name}: exit {out.returncode}\n" + "\n".join(lines[-60:])
+            + "\n--- tail ---\n" + out.stderr[-1500:])
+
+
 def spawn(fn, world_size: int, timeout_s: float, *args) -> list:
     import pickle
     import time

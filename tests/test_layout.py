@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 
-from dist_helpers import spawn
+from dist_helpers import launch_failure, spawn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "launch", "configs", "tiny.yaml")
@@ -141,7 +141,7 @@ def test_cli_same_losses_on_one_process_tp2_cp2_and_fsdp2_cp2(tmp_path):
               "--metrics.tensorboard=false"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node=4"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     runs = {"one": [sys.executable],
             "tp2_cp2": torchrun + ["--no-python", sys.executable],
             "fsdp2_cp2": torchrun + ["--no-python", sys.executable]}
@@ -152,7 +152,7 @@ def test_cli_same_losses_on_one_process_tp2_cp2_and_fsdp2_cp2(tmp_path):
         cmd = prefix + common + layouts[name] + [f"--output_dir={tmp_path / name}"]
         out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=90)
-        assert out.returncode == 0, f"{name}:\n{out.stderr[-3000:]}"
+        assert out.returncode == 0, launch_failure(name, out)
         losses[name] = _losses(tmp_path / name)
     assert len(losses["one"]) == 5
     for name in ("tp2_cp2", "fsdp2_cp2"):

@@ -15,7 +15,8 @@ import os
 
 import pytest
 
-from dist_helpers import compare, reference_state, run_parallel, run_reference, spawn
+from dist_helpers import (compare, launch_failure, reference_state, run_parallel,
+                          run_reference, spawn)
 from test_window import window_args
 
 LAYOUTS = [  # (layout, spatial window, spatiotemporal window)
@@ -77,7 +78,7 @@ def test_cli_window_run_on_tp2_cp2_logs_the_one_process_losses(tmp_path):
               "--model.spatiotemporal_window=[2, 2, 3]", "--data.global_batch_size=8",
               "--train.steps=4", "--train.log_every=1", "--train.val_every=1000",
               "--train.progress_bar=false", "--metrics.tensorboard=false"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     runs = {"one": [sys.executable],
             "tp2_cp2": [sys.executable, "-m", "torch.distributed.run", "--standalone",
                         "--nproc_per_node=4", "--no-python", sys.executable]}
@@ -86,7 +87,7 @@ def test_cli_window_run_on_tp2_cp2_logs_the_one_process_losses(tmp_path):
     for name, prefix in runs.items():
         out = subprocess.run(prefix + common + layouts[name] + [f"--output_dir={tmp_path / name}"],
                              cwd=root, env=env, capture_output=True, text=True, timeout=90)
-        assert out.returncode == 0, f"{name}:\n{out.stderr[-3000:]}"
+        assert out.returncode == 0, launch_failure(name, out)
         losses[name] = [r["loss"] for r in read_metrics(str(tmp_path / name)) if "loss" in r]
     assert len(losses["one"]) == 4
     assert losses["tp2_cp2"] == pytest.approx(losses["one"], rel=1e-5)
