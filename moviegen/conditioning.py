@@ -152,21 +152,45 @@ def uses_conditioning(tasks: dict[str, float]) -> bool:
     return any(p > 0 for k, p in normalized_tasks(tasks).items() if k != "t2v")
 
 
-def training_condition(x1_BCTHW: torch.Tensor, seeds: list[int], train_cfg):
+def low_resolution_latents(x1_BCTHW, draws: list[TaskDraw], pixels_BCTHW=None,
+                           encode=None, pixels_per_latent: int = 1) -> torch.Tensor:
+    """The upsample samples' conditioning latents (other samples keep x1).
+
+    With the training pixels and their encoder (data.kind=video), Movie Gen's way: each
+    frame downsampled 2x, bilinearly upsampled back, blurred, then encoded. Without pixels
+    (precomputed or synthetic latents, no encoder in the loop) the same degradation in
+    latent space: 2x average pooling, bilinear back, blur."""
+    out = x1_BCTHW.clone()
+    idx = [b for b, d in enumerate(draws) if d.task == "upsample"]
+    if not idx:
+        return out
+    if pixels_BCTHW is not None:
+        low = downsample_upsample(pixels_BCTHW[idx])
+        low = torch.stack([gaussian_blur(low[i], draws[b].blur_sigma * pixels_per_latent)
+                           for i, b in enumerate(idx)])
+        with torch.no_grad():
+            out[idx] = encode(low).to(out.dtype)
+        return out
+    low = downsample_upsample(x1_BCTHW[idx])
+    out[idx] = torch.stack([gaussian_blur(low[i], draws[b].blur_sigma)
+                            for i, b in enumerate(idx)])
+    return out
+
+
+def training_condition(x1_BCTHW: torch.Tensor, seeds: list[int], train_cfg,
+                       pixels_BCTHW=None, encode=None, pixels_per_latent: int = 1):
     """(cond [B, C + 1, T, H, W], loss mask [B, T] bool, task names) for clean latents x1.
 
     Each sample's task, degradation and augmentation noise come from its seed alone. The
     loss mask covers the frames the model must generate: every frame except the given
-    ones of frame tasks (unless train.loss_on_given_frames); upsample generates all."""
+    ones of frame tasks (unless train.loss_on_given_frames); upsample generates all.
+    ``pixels_BCTHW`` and ``encode`` (the frozen pixel encoder) make the upsample input
+    from pixels; see ``low_resolution_latents``."""
     B, C, T = x1_BCTHW.shape[:3]
     draws = [draw_task(s, T, train_cfg) for s in seeds]
     given = torch.stack([d.given_T for d in draws]).to(x1_BCTHW.device)
-    latents = x1_BCTHW
-    if any(d.task == "upsample" for d in draws):
-        low = downsample_upsample(x1_BCTHW)
-        is_up = [d.task == "upsample" for d in draws]
-        latents = torch.stack([gaussian_blur(low[b], draws[b].blur_sigma) if is_up[b]
-                               else x1_BCTHW[b] for b in range(B)])
+    latents = low_resolution_latents(x1_BCTHW, draws, pixels_BCTHW, encode,
+                                     pixels_per_latent)
     noise = torch.empty(x1_BCTHW.shape)
     for b, seed in enumerate(seeds):  # its own stream, so t and x0 stay as without tasks
         noise[b] = torch.randn(x1_BCTHW.shape[1:], generator=torch.Generator().manual_seed(

@@ -114,10 +114,12 @@ class DiffusionTrainer(Trainer):
 
         t, noise and caption dropout of a sample come from (train.seed, ``stream``,
         ``step``, its index in the global batch): the same numbers on any layout."""
+        pixels = None
         if "latents" in batch:
             x1 = batch["latents"].to(self.device, non_blocking=True)
         else:  # pixels from video files: encode with the frozen TAE (or random patches)
-            x1 = self.pixel_encoder.encode(batch["video"].to(self.device, non_blocking=True))
+            pixels = batch["video"].to(self.device, non_blocking=True)
+            x1 = self.pixel_encoder.encode(pixels)
         if "text_embeds" in batch:  # precomputed by python -m moviegen.precompute
             embeds = {k: v.to(self.device) for k, v in batch["text_embeds"].items()}
             masks = {k: v.to(self.device) for k, v in batch["text_masks"].items()}
@@ -137,7 +139,10 @@ class DiffusionTrainer(Trainer):
         sigma = self.cfg.flow.sigma_min
         cond = loss_mask = None
         if uses_conditioning(self.cfg.train.tasks):  # task, mask, noise level per sample
-            cond, loss_mask, _ = training_condition(x1, seeds, self.cfg.train)
+            encode = self.pixel_encoder.encode if pixels is not None else None
+            cond, loss_mask, _ = training_condition(
+                x1, seeds, self.cfg.train, pixels, encode,
+                self.cfg.data.video.spatial_compression)
             loss_mask = loss_mask[:, None, :, None, None]  # (B, 1, T, 1, 1)
         return (interpolate(x0, x1, t, sigma), t, target_velocity(x0, x1, sigma), embeds,
                 masks, cond, loss_mask)
