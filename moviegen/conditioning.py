@@ -152,6 +152,13 @@ def uses_conditioning(tasks: dict[str, float]) -> bool:
     return any(p > 0 for k, p in normalized_tasks(tasks).items() if k != "t2v")
 
 
+def image_latents(pixels_BCTHW: torch.Tensor, encode) -> torch.Tensor:
+    """[B, C, 1, H, W]: each clip's first pixel frame encoded on its own (an image is a
+    one-frame video to the TAE): what image-to-video is given at sampling time."""
+    with torch.no_grad():
+        return encode(pixels_BCTHW[:, :, :1])
+
+
 def low_resolution_latents(x1_BCTHW, draws: list[TaskDraw], pixels_BCTHW=None,
                            encode=None, pixels_per_latent: int = 1) -> torch.Tensor:
     """The upsample samples' conditioning latents (other samples keep x1).
@@ -178,19 +185,33 @@ def low_resolution_latents(x1_BCTHW, draws: list[TaskDraw], pixels_BCTHW=None,
 
 
 def training_condition(x1_BCTHW: torch.Tensor, seeds: list[int], train_cfg,
-                       pixels_BCTHW=None, encode=None, pixels_per_latent: int = 1):
+                       pixels_BCTHW=None, encode=None, pixels_per_latent: int = 1,
+                       image_latents_BC1HW=None):
     """(cond [B, C + 1, T, H, W], loss mask [B, T] bool, task names) for clean latents x1.
 
     Each sample's task, degradation and augmentation noise come from its seed alone. The
     loss mask covers the frames the model must generate: every frame except the given
     ones of frame tasks (unless train.loss_on_given_frames); upsample generates all.
     ``pixels_BCTHW`` and ``encode`` (the frozen pixel encoder) make the upsample input
-    from pixels; see ``low_resolution_latents``."""
+    from pixels; see ``low_resolution_latents``.
+
+    i2v with ``image_latents_BC1HW`` (the first pixel frame encoded on its own, as an
+    image): that latent is what is given, as it will be at sampling time from a still
+    image. Our TAE pads symmetrically in time, so a video's latent frame 0 summarises
+    several pixel frames and differs from it: latent frame 0 must then still be generated
+    and stays in the loss. Without image latents (synthetic latents) the video's own latent
+    frame 0 is given and left out of the loss, like extend's frames."""
     B, C, T = x1_BCTHW.shape[:3]
     draws = [draw_task(s, T, train_cfg) for s in seeds]
     given = torch.stack([d.given_T for d in draws]).to(x1_BCTHW.device)
     latents = low_resolution_latents(x1_BCTHW, draws, pixels_BCTHW, encode,
                                      pixels_per_latent)
+    from_image = torch.zeros(B, dtype=torch.bool, device=x1_BCTHW.device)
+    if image_latents_BC1HW is not None:
+        for b, d in enumerate(draws):
+            if d.task == "i2v":
+                latents[b, :, 0] = image_latents_BC1HW[b, :, 0].to(latents)
+                from_image[b] = True
     noise = torch.empty(x1_BCTHW.shape)
     for b, seed in enumerate(seeds):  # its own stream, so t and x0 stay as without tasks
         noise[b] = torch.randn(x1_BCTHW.shape[1:], generator=torch.Generator().manual_seed(
@@ -202,5 +223,6 @@ def training_condition(x1_BCTHW: torch.Tensor, seeds: list[int], train_cfg,
     loss_on_given = getattr(train_cfg, "loss_on_given_frames", False)
     frame_task = torch.tensor([d.task in FRAME_TASKS for d in draws],
                               device=x1_BCTHW.device)[:, None]
-    loss_mask = ~(given & frame_task) if not loss_on_given else torch.ones_like(given)
+    exact = given & frame_task & ~from_image[:, None]  # given frames equal to x1's
+    loss_mask = ~exact if not loss_on_given else torch.ones_like(given)
     return cond, loss_mask, [d.task for d in draws]

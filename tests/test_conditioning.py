@@ -273,3 +273,30 @@ def test_tiny_upsampler_trains_on_cpu_and_uses_its_low_resolution_input(tmp_path
     assert up[-1] < 0.5 * up[0]
     print("val losses: upsampler", up, "text-to-video", t2v)
     assert up[-1] < 0.9 * t2v[-1], (up, t2v)
+
+
+def test_image_to_video_is_given_the_first_frame_encoded_alone():
+    """With pixels, i2v's given latent is the first pixel frame encoded as an image, and
+    latent frame 0 stays in the loss (a video's latent frame 0 summarises several pixel
+    frames, so it is still to be generated); extend's given frames are the video's own
+    latents and leave the loss."""
+    from moviegen.conditioning import image_latents
+    from moviegen.data.sources import RandomPatchEncoder
+
+    class OnlyI2v(_Train):
+        tasks = {"i2v": 1.0}
+        cond_noise_max = 0.0
+
+    enc = RandomPatchEncoder(16, temporal=4, spatial=4)
+    pixels = torch.rand(2, 3, 8, 16, 16) * 2 - 1
+    x1 = enc.encode(pixels)
+    first = image_latents(pixels, enc.encode)
+    assert first.shape == (2, 16, 1, 4, 4)
+    assert not torch.allclose(first[:, :, 0], x1[:, :, 0])
+    cond, loss_mask, names = training_condition(x1, [1, 2], OnlyI2v,
+                                                image_latents_BC1HW=first)
+    assert names == ["i2v", "i2v"] and loss_mask.all()
+    assert torch.equal(cond[:, :16, 0], first[:, :, 0])
+    assert torch.count_nonzero(cond[:, :, 1:]) == 0
+    cond, loss_mask, _ = training_condition(x1, [1, 2], OnlyI2v)  # no pixels: latent 0
+    assert torch.equal(cond[:, :16, 0], x1[:, :, 0]) and not loss_mask[:, 0].any()

@@ -22,7 +22,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from moviegen.conditioning import training_condition, uses_conditioning
+from moviegen.conditioning import (image_latents, normalized_tasks, training_condition,
+                                   uses_conditioning)
 from moviegen.data.sources import (build_data, build_pixel_encoder, latent_grids,
                                    per_rank_batch)
 from moviegen.flow import (flow_matching_loss, interpolate, per_sample_draws, sample_seed,
@@ -140,9 +141,14 @@ class DiffusionTrainer(Trainer):
         cond = loss_mask = None
         if uses_conditioning(self.cfg.train.tasks):  # task, mask, noise level per sample
             encode = self.pixel_encoder.encode if pixels is not None else None
+            first = batch.get("first_frame_latents")  # precomputed (moviegen.precompute)
+            if first is not None:
+                first = first.to(self.device)
+            elif pixels is not None and "i2v" in normalized_tasks(self.cfg.train.tasks):
+                first = image_latents(pixels, encode)
             cond, loss_mask, _ = training_condition(
                 x1, seeds, self.cfg.train, pixels, encode,
-                self.cfg.data.video.spatial_compression)
+                self.cfg.data.video.spatial_compression, first)
             loss_mask = loss_mask[:, None, :, None, None]  # (B, 1, T, 1, 1)
         return (interpolate(x0, x1, t, sigma), t, target_velocity(x0, x1, sigma), embeds,
                 masks, cond, loss_mask)
