@@ -289,7 +289,7 @@ class TrainConfig:
     """Captions to sample during training (with train.sample_every)."""
     tasks: dict[str, float] = field(default_factory=dict)
     """Probability of each training task per sample, e.g. {t2v: 0.5, i2v: 0.3, extend:
-    0.2}: t2v (text only), i2v (latent frame 0 given), extend (the first k latent frames),
+    0.2}: t2v (text only), i2v (the first frame, encoded as an image, given at latent frame 0), extend (the first k latent frames),
     interpolate (every n-th latent frame), upsample (a 2x-degraded copy of every frame).
     Empty: t2v only. Any task but t2v needs model.cond_channels = model.in_channels + 1."""
     extend_frames: int = 0
@@ -301,7 +301,8 @@ class TrainConfig:
     become (1 - a) latent + a noise with a uniform in [0, this]; 0 disables."""
     upsample_blur_max: float = 1.0
     """Degradation of the upsample task's low-resolution input: a Gaussian blur with sigma
-    uniform in [0, this] latent pixels (plus the conditioning noise above)."""
+    uniform in [0, this] latent pixels (on video pixels: times the spatial compression),
+    plus the conditioning noise above."""
     loss_on_given_frames: bool = False
     """Count the given frames of i2v/extend/interpolate in the loss too. Off: the loss
     covers only the frames the model must generate (a sampler keeps the given frames on
