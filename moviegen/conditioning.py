@@ -226,3 +226,27 @@ def training_condition(x1_BCTHW: torch.Tensor, seeds: list[int], train_cfg,
     exact = given & frame_task & ~from_image[:, None]  # given frames equal to x1's
     loss_mask = ~exact if not loss_on_given else torch.ones_like(given)
     return cond, loss_mask, [d.task for d in draws]
+
+
+# --------------------------------------------------------------------------- config rules
+def check_tasks(cfg, grids) -> None:
+    """train.tasks against the model and the data shapes (``JobConfig.validate``, before
+    any process group): conditioning channels present, even latent frames for a 2x
+    upsampler, extend leaving frames to generate."""
+    from moviegen.config.core import check
+
+    tasks = normalized_tasks(cfg.train.tasks)
+    if uses_conditioning(cfg.train.tasks):
+        check(cfg.model.cond_channels == cfg.model.in_channels + 1, "model.cond_channels",
+              f"train.tasks {sorted(tasks)} give the model conditioning frames, but "
+              f"model.cond_channels is {cfg.model.cond_channels}: set it to "
+              f"model.in_channels + 1 = {cfg.model.in_channels + 1}")
+    for name, T, H, W in grids:
+        if "upsample" in tasks:
+            check(H % 2 == 0 and W % 2 == 0, "train.tasks.upsample",
+                  f"data '{name}' gives {H}x{W} latent frames, which a 2x spatial upsampler "
+                  f"cannot halve (use even latent heights and widths)")
+        if "extend" in tasks and cfg.train.extend_frames and T > 1:
+            check(cfg.train.extend_frames < T, "train.extend_frames",
+                  f"{cfg.train.extend_frames} given latent frames leave none to generate "
+                  f"in data '{name}' ({T} latent frames)")
