@@ -110,7 +110,8 @@ def _fsdp_finetune(rank, world, runs, export):
                                         f"--train.init_from={export}",
                                         "--model.cond_channels=17",
                                         "--train.tasks={interpolate: 1.0}", TRAINABLE,
-                                        "--train.grad_clip=0.005", "--parallel.dp_shard=2"))
+                                        "--train.grad_clip=0.005", "--parallel.dp_shard=2",
+                                        "--data.global_batch_size=4"))
         # no gradient reduce-scatter for a frozen parameter: after backward it has no grad
         position = trainer.train_data.state_dict()
         trainer.forward_backward(next(trainer.train_data))
@@ -134,7 +135,7 @@ def test_frozen_parameters_on_fsdp2_train_and_resume_like_one_process(t2v_export
     only, from a sharded checkpoint) logs the losses of an uninterrupted one."""
     from dist_helpers import spawn
 
-    one = _finetune(tmp_path / "one", t2v_export, 4)
+    one = _finetune(tmp_path / "one", t2v_export, 4, "--data.global_batch_size=4")
     ref = [r["loss"] for r in read_metrics(str(tmp_path / "one")) if "loss" in r]
     start = load_file(os.path.join(t2v_export, "model.safetensors"))
     runs = [(str(tmp_path / "fsdp"), 4), (str(tmp_path / "resumed"), 2),
