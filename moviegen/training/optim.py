@@ -27,6 +27,54 @@ def decays(name: str, p: torch.Tensor) -> bool:
     return not (p.ndim < 2 or "pos_embed" in name or "modulation" in name)
 
 
+def match_trainable(names: list[str], patterns: list[str]) -> set[str]:
+    """The parameter names that match any glob pattern (``fnmatch``: ``*`` also crosses
+    dots); a pattern that matches nothing is an error, so a typo cannot freeze the model."""
+    import fnmatch
+
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"pattern {pattern!r} matches no parameter (names look like "
+                             f"'{names[-1]}'; top-level parts: {', '.join(tops)})")
+        chosen.update(hits)
+    return chosen
+
+
+def check_trainable(cfg) -> None:
+    """Every train.trainable pattern names a parameter of the configured model (built on
+    the meta device: no memory, no process group); a ConfigError naming the key if not."""
+    if not cfg.train.trainable:
+        return
+    from moviegen.config.core import ConfigError
+    from moviegen.models.transformer import MovieGenTransformer, resolve_model_args
+
+    args = resolve_model_args(cfg.model, {e.name: 8 for e in cfg.text.encoders})
+    with torch.device("meta"):
+        names = [n for n, _ in MovieGenTransformer(args).named_parameters()]
+    try:
+        match_trainable(names, cfg.train.trainable)
+    except ValueError as e:
+        raise ConfigError(f"train.trainable: {e}", key="train.trainable") from None
+
+
+def freeze_all_but(model: torch.nn.Module, patterns: list[str]) -> set[str]:
+    """requires_grad=False on every parameter outside ``patterns`` (empty: all train).
+
+    Applied to the plain model before it is sharded: FSDP2 then reduce-scatters no
+    gradient for a frozen parameter and the optimizer (built over requires_grad
+    parameters) keeps no state for it. Returns the trainable names."""
+    names = [n for n, _ in model.named_parameters()]
+    if not patterns:
+        return set(names)
+    chosen = match_trainable(names, patterns)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in chosen)
+    return chosen
+
+
 def build_optimizer(model: torch.nn.Module, train_cfg, device: torch.device):
     """(AdamW, LambdaLR) over the trainable parameters.
 
