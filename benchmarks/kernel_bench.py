@@ -393,10 +393,11 @@ def run_compile_only(args) -> int:
                  f"- command: `{meta['command']}` ({meta['date']})",
                  f"- {len(rows)} (kernel, config) rows, {bad} with a build error, spills or shared "
                  f"memory over {compile_report.MAX_SHARED_BYTES} B", "",
-                 "| kernel | config | compiled | registers | spill bytes | shared bytes | error |",
-                 "|---|---|---|---:|---:|---:|---|"]
+                 "| kernel | config | compiled | registers | spill bytes | shared bytes | mma | error |",
+                 "|---|---|---|---:|---:|---:|---|---|"]
         lines += [f"| {r['kernel']} | {r['config']} | {r['compiled']} | {r['registers']} | "
-                  f"{r['spill_bytes']} | {r['shared_bytes']} | {(r['error'] or '')[:120]} |" for r in rows]
+                  f"{r['spill_bytes']} | {r['shared_bytes']} | {r.get('mma') or ''} | "
+                  f"{(r['error'] or '')[:120]} |" for r in rows]
         with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
             f.write("\n".join(lines) + "\n")
         print(f"wrote {args.output}")
