@@ -589,7 +589,7 @@ def deterministic_backward() -> bool:
     """dQ from its own pass (bitwise reproducible, 7 GEMMs a block) rather than fp32 atomic
     adds (5 GEMMs, the FlashAttention-2 default; the summation order, so the last bits of
     dQ, vary run to run). MOVIEGEN_ATTN_DETERMINISTIC=1/0 forces a choice; otherwise it
-    follows ``torch.use_deterministic_algorithms``."""
+    follows ``torch.use_deterministic_algorithms``. Read when the forward runs."""
     setting = os.environ.get("MOVIEGEN_ATTN_DETERMINISTIC", "auto")
     if setting in ("0", "1"):
         return setting == "1"
@@ -679,12 +679,14 @@ def _(q, k, v, key_padding_mask, softmax_scale):
 def _flash_attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             out: torch.Tensor, lse: torch.Tensor,
                             key_padding_mask: Optional[torch.Tensor], softmax_scale: Optional[float],
-                            dlse: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return flash_attention_bwd(do, q, k, v, out, lse, key_padding_mask, softmax_scale, dlse)
+                            dlse: Optional[torch.Tensor], deterministic: bool
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return flash_attention_bwd(do, q, k, v, out, lse, key_padding_mask, softmax_scale, dlse,
+                               deterministic=deterministic)
 
 
 @_flash_attention_bwd_op.register_fake
-def _(do, q, k, v, out, lse, key_padding_mask, softmax_scale, dlse):
+def _(do, q, k, v, out, lse, key_padding_mask, softmax_scale, dlse, deterministic):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -694,6 +696,8 @@ class FlashAttentionFunction(torch.autograd.Function):
         out, lse = _flash_attention_fwd_op(q, k, v, key_padding_mask, softmax_scale)
         ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
         ctx.softmax_scale = softmax_scale
+        # the dQ mode in force when the attention ran (its backward may run elsewhere)
+        ctx.deterministic = deterministic_backward()
         ctx.set_materialize_grads(False)
         return out, lse
 
@@ -702,7 +706,8 @@ class FlashAttentionFunction(torch.autograd.Function):
         q, k, v, out, lse, mask = ctx.saved_tensors
         if do is None:
             do = torch.zeros_like(out)
-        dq, dk, dv = _flash_attention_bwd_op(do, q, k, v, out, lse, mask, ctx.softmax_scale, dlse)
+        dq, dk, dv = _flash_attention_bwd_op(do, q, k, v, out, lse, mask, ctx.softmax_scale, dlse,
+                                             ctx.deterministic)
         return dq, dk, dv, None, None
 
 
