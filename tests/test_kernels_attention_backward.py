@@ -72,15 +72,17 @@ def test_fully_padded_key_blocks_are_skipped(dq_mode):
     """NaN in the K/V rows of key blocks past a sample's last real key: a kernel that visited
     those blocks would turn every output and gradient it touches into NaN (0 * NaN), so
     finite results equal to the reference prove the blocks were skipped, forward and
-    backward. Keys inside the last real block stay finite (they are loaded and masked)."""
-    B, H, S, L, E = 2, 2, 20, 48, 16
+    backward. Keys inside the last real block stay finite (they are loaded and masked), so
+    the poison starts at key 128, a block boundary for every block size (16 in the
+    interpreter, up to 128 compiled)."""
+    B, H, S, L, E = 2, 2, 20, 160, 16
     q, k, v = _leaves(B, H, S, L, E, seed=22)
     mask = torch.zeros(B, L, dtype=torch.bool, device=DEVICE)
-    mask[0, :10] = True   # real keys 0-9: blocks 16-31 and 32-47 are padding only
-    mask[1, :33] = True   # the last block holds one real key
+    mask[0, :10] = True   # real keys 0-9: every block from key 16 on is padding only
+    mask[1, :129] = True  # the last visited block holds one real key
     mask[1, 3] = False
     poison = torch.zeros(B, 1, L, 1, device=DEVICE)
-    poison[0, :, 16:] = float("nan")
+    poison[0, :, 128:] = float("nan")
     k_in, v_in = k + poison, v + poison  # NaN only where padding fills whole blocks
     out, lse = flash_attention(q, k_in, v_in, mask, return_lse=True)
     d_out, d_lse = torch.randn_like(out), torch.randn_like(lse)
