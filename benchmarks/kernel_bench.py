@@ -178,19 +178,29 @@ def sdpa_impls(mask_4d):
     return impls
 
 
-def _without_tma(fn):
-    """The pointer-load forward (what non-Hopper GPUs run), for comparison with TMA."""
+def _with_env(fn, name: str, value: str):
+    """fn run with one environment switch set (restored afterwards)."""
     def wrapped(*a, **kw):
-        saved = os.environ.get("MOVIEGEN_ATTN_TMA")
-        os.environ["MOVIEGEN_ATTN_TMA"] = "0"
+        saved = os.environ.get(name)
+        os.environ[name] = value
         try:
             return fn(*a, **kw)
         finally:
             if saved is None:
-                del os.environ["MOVIEGEN_ATTN_TMA"]
+                del os.environ[name]
             else:
-                os.environ["MOVIEGEN_ATTN_TMA"] = saved
+                os.environ[name] = saved
     return wrapped
+
+
+def _without_tma(fn):
+    """The pointer-load forward (what non-Hopper GPUs run), for comparison with TMA."""
+    return _with_env(fn, "MOVIEGEN_ATTN_TMA", "0")
+
+
+def _deterministic(fn):
+    """The backward with dQ from its own pass instead of atomic adds."""
+    return _with_env(fn, "MOVIEGEN_ATTN_DETERMINISTIC", "1")
 
 
 def run_attention(args, dtype, rows):
@@ -212,7 +222,8 @@ def run_attention(args, dtype, rows):
             mask = torch.ones(B, L, device="cuda", dtype=torch.bool)
             mask[:, L * 3 // 4:] = False
         impls = {"triton": lambda q, k, v: flash_attention(q, k, v, mask),
-                 "triton_no_tma": _without_tma(lambda q, k, v: flash_attention(q, k, v, mask))}
+                 "triton_no_tma": _without_tma(lambda q, k, v: flash_attention(q, k, v, mask)),
+                 "triton_deterministic": _deterministic(lambda q, k, v: flash_attention(q, k, v, mask))}
         impls.update(sdpa_impls(mask[:, None, None, :] if mask is not None else None))
         flops_f = 4 * B * H * S * L * E
         flops = {"fwd": flops_f, "bwd": 2.5 * flops_f, "fwd+bwd": 3.5 * flops_f}
@@ -307,6 +318,11 @@ def run_check(device: str = "cuda", dtypes=(torch.bfloat16, torch.float16), smal
                 compare(f"flash_attention E{E} masked +LSE{tag}", dtype,
                         lambda q, k, v, fa_fn=fa_fn: fa_fn(q, k, v, keep, return_lse=True),
                         lse_ref, [r(Bq, H, Sq, E), r(Bq, H, Sk, E), r(Bq, H, Sk, E)])
+            # the backward's other dQ mode (its own pass, no atomics)
+            compare(f"flash_attention E{E} masked (deterministic dQ)", dtype,
+                    _deterministic(lambda q, k, v: flash_attention(q, k, v, mask)),
+                    lambda q, k, v: reference.attention_reference(q, k, v, mask),
+                    [r(Bq, H, Sq, E), r(Bq, H, Sk, E), r(Bq, H, Sk, E)])
     import kernels.flash_attention as fa
     lines.append(f"TMA forward used where eligible: {fa._use_tma(torch.empty(16, 16, device=dev))} "
                  f"(classes that fell back after an error: {sorted(map(str, fa._TMA_FAILED))})")
@@ -393,10 +409,11 @@ def run_compile_only(args) -> int:
                  f"- command: `{meta['command']}` ({meta['date']})",
                  f"- {len(rows)} (kernel, config) rows, {bad} with a build error, spills or shared "
                  f"memory over {compile_report.MAX_SHARED_BYTES} B", "",
-                 "| kernel | config | compiled | registers | spill bytes | shared bytes | error |",
-                 "|---|---|---|---:|---:|---:|---|"]
+                 "| kernel | config | compiled | registers | spill bytes | shared bytes | mma | error |",
+                 "|---|---|---|---:|---:|---:|---|---|"]
         lines += [f"| {r['kernel']} | {r['config']} | {r['compiled']} | {r['registers']} | "
-                  f"{r['spill_bytes']} | {r['shared_bytes']} | {(r['error'] or '')[:120]} |" for r in rows]
+                  f"{r['spill_bytes']} | {r['shared_bytes']} | {r.get('mma') or ''} | "
+                  f"{(r['error'] or '')[:120]} |" for r in rows]
         with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
             f.write("\n".join(lines) + "\n")
         print(f"wrote {args.output}")

@@ -5,7 +5,9 @@ pipeline down to a cubin without a driver; the cuobjdump that ships in the Trito
 reads registers and shared memory from the cubin, and ptxas -v (also shipped) the spill
 bytes. One row per (kernel, config):
 
-    kernel, config, compiled, registers, spill_bytes, shared_bytes, error
+    kernel, config, compiled, registers, spill_bytes, shared_bytes, mma, error
+
+(mma: the tensor-core instruction shapes in the PTX, e.g. wgmma m64n128k16.)
 
 The cases are the ones the model launches: bf16 and fp16, attention head dims 64 and 128
 with and without a key mask (every config each autotuner may try), the memory-bound kernels at widths D = 3072 and 6144.
@@ -91,18 +93,20 @@ def memory_bound_cases(dtypes=("bf16", "fp16"), dims=(3072, 6144)):
 
 
 def attention_cases(dtypes=("bf16", "fp16"), head_dims=(64, 128), masks=(False, True),
-                    kernels=("fwd", "fwd_tma", "preprocess", "dkdv", "dq"), max_configs=None):
+                    kernels=("fwd", "fwd_tma", "preprocess", "dkdv_dq", "dkdv", "dq"),
+                    max_configs=None):
+    """dkdv_dq: the dK/dV kernel with dQ by atomic adds (the default backward); dkdv and dq:
+    the deterministic backward's two kernels."""
     from . import flash_attention as fa
     tuned = {"fwd": fa._attn_fwd_kernel, "fwd_tma": fa._attn_fwd_tma_kernel,
-             "dkdv": fa._attn_bwd_dkdv_kernel, "dq": fa._attn_bwd_dq_kernel}
-    configs = {k: fa._configs(k) for k in tuned}
+             "dkdv_dq": fa._attn_bwd_dkdv_kernel, "dkdv": fa._attn_bwd_dkdv_kernel,
+             "dq": fa._attn_bwd_dq_kernel}
     for dt in dtypes:
         p = TORCH_TO_TRITON[dt]
         for E in head_dims:
             for masked in masks:
                 base = {"HEAD_DIM": E, "HAS_MASK": masked, "INPUT_PRECISION": "tf32"}
-                mask_t = {"Mask": "*i8"} if masked else {}
-                absent = {} if masked else {"Mask": None}
+                absent = {} if masked else {"Mask": None, "KeyLen": None}
                 tag = f"{dt} E{E}" + (" masked" if masked else "")
                 for kind in kernels:
                     if kind == "preprocess":
@@ -113,23 +117,27 @@ def attention_cases(dtypes=("bf16", "fp16"), head_dims=(64, 128), masks=(False, 
                                    {"HEAD_DIM": E, "HAS_DLSE": True, "BLOCK_M": 64}, 4)
                         continue
                     fn = _jit(tuned[kind])
-                    for cfg in configs[kind][:max_configs]:
+                    extra = {"ATOMIC_DQ": kind == "dkdv_dq"} if kind.startswith("dkdv") else {}
+                    for cfg in fa.tuned_configs(kind[:4] if kind.startswith("dkdv") else kind,
+                                                E, masked)[:max_configs]:
                         types = {}
                         for name in fn.arg_names:
-                            if name in base or name in cfg.kwargs or name in absent:
+                            if name in base or name in cfg.kwargs or name in absent or name in extra:
                                 continue
                             if name.startswith("stride_") or name in ("H", "B", "S_Q", "S_K", "TUNE_S_Q",
-                                                                      "TUNE_S_K"):
+                                                                      "TUNE_S_K", "SPLIT"):
                                 types[name] = "i32"
                             elif name in ("qk_scale", "sm_scale"):
                                 types[name] = "fp32"
-                            elif name in ("Lse", "Delta"):
+                            elif name in ("Lse", "Delta") or (name == "DQ" and kind == "dkdv_dq"):
                                 types[name] = "*fp32"
                             elif name == "Mask":
-                                types.update(mask_t)
+                                types[name] = "*i8"
+                            elif name == "KeyLen":
+                                types[name] = "*i32"
                             else:
                                 types[name] = p
-                        consts = {**base, **absent, **cfg.kwargs}
+                        consts = {**base, **absent, **extra, **cfg.kwargs}
                         yield Case(f"attn_{kind} {tag}", fn, types, consts, cfg.num_warps, cfg.num_stages,
                                    label=_config_label(cfg.kwargs, cfg.num_warps, cfg.num_stages,
                                                        list(cfg.kwargs)))
@@ -164,7 +172,7 @@ def compile_case(case: Case, arch: str = "sm_90a") -> dict:
     config = case.label or _config_label(case.constexprs, case.num_warps, case.num_stages,
                                          [k for k in case.constexprs if k.startswith("BLOCK")])
     row = {"kernel": case.kernel, "config": config, "compiled": False, "registers": None,
-           "spill_bytes": None, "shared_bytes": None, "error": None}
+           "spill_bytes": None, "shared_bytes": None, "mma": None, "error": None}
     try:
         compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs),
                                   target=GPUTarget("cuda", capability, 32),
@@ -174,6 +182,10 @@ def compile_case(case: Case, arch: str = "sm_90a") -> dict:
         return row
     row["compiled"] = True
     row["shared_bytes"] = int(compiled.metadata.shared)
+    # the tensor-core instruction shapes (e.g. m64n128k16 per warpgroup): how wide each GEMM ran
+    shapes = set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", compiled.asm["ptx"]))
+    shapes |= {"mma." + m for m in re.findall(r"\bmma\.sync\.aligned\.(m\d+n\d+k\d+)", compiled.asm["ptx"])}
+    row["mma"] = " ".join(sorted(shapes, key=lambda t: (len(t), t))) or None
     with tempfile.TemporaryDirectory() as tmp:
         cubin, ptx = os.path.join(tmp, "k.cubin"), os.path.join(tmp, "k.ptx")
         with open(cubin, "wb") as f:

@@ -1,6 +1,6 @@
 """Flash attention (non-causal) with an optional key padding mask, forward and backward.
 
-(One file of ~590 lines on purpose: the forward, the TMA forward and the backward kernels
+(One file of ~700 lines on purpose: the forward, the TMA forward and the backward kernels
 share their masking and online-softmax helpers, and the four layers - kernels, launchers,
 torch.library ops, autograd Function - stay together as for every kernel here.)
 
@@ -15,10 +15,19 @@ Kernels (one program = one block of rows of one (b, h)):
              O and LSE_BHS (natural log; -inf for a query with no real key).
   preprocess delta_BHS = rowsum(dO * O) - dLSE (dLSE: gradient flowing into the returned
              LSE, e.g. from a context-parallel merge; zero otherwise).
-  dK/dV      rows = keys; streams Q/dO blocks, recomputes P = exp(QK^T * scale - LSE).
-  dQ         rows = queries; streams K/V blocks.
-No atomics: every gradient element is written by exactly one program (deterministic,
-and safe to autotune).
+  dK/dV      rows = keys; streams Q/dO blocks, recomputes P = exp(QK^T * scale - LSE) from
+             the saved LSE, dS = P * (dP - delta): 5 GEMMs a block with dQ += dS K added
+             atomically in fp32 (FlashAttention-2, Dao 2023), 4 without.
+  dQ         rows = queries; streams K/V blocks: only in the deterministic mode.
+dQ by atomics is the default (two GEMMs a block fewer; FlashAttention-2 and -3 do the
+same); ``MOVIEGEN_ATTN_DETERMINISTIC=1`` or ``torch.use_deterministic_algorithms(True)``
+selects the separate dQ pass, where every gradient element is written by exactly one
+program (bitwise reproducible). With few keys (cross-attention to 512 text tokens) the
+dK/dV grid is split over query blocks into fp32 partials summed afterwards (a fixed
+order), so the grid fills the GPU.
+
+Padding: each sample's key length (1 + its last real key) bounds the key loops, so key
+blocks of trailing padding are never loaded, in the forward and the backward.
 
 A query whose keys are all masked gets O = 0 and LSE = -inf; its backward selects P = 0
 through the key mask, so all its gradients are exactly zero (no NaN), like
@@ -55,10 +64,11 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
 
 def _configs(kind: str) -> list[triton.Config]:
-    """Every config here builds for sm_90a without register spills and within 227 KiB of
-    shared memory at head dims 64 and 128 (``benchmarks/kernel_bench.py --compile-only``;
-    reports in benchmarks/results/). Warp-specialised loops are not offered: Triton 3.6 and
-    3.9 both fail to build them for this kernel on sm_90."""
+    """Every config here, as pruned by ``tuned_configs`` for a (head dim, mask) class, builds
+    for sm_90a without register spills and within 227 KiB of shared memory at head dims 64
+    and 128 under Triton 3.6 and 3.9 (``benchmarks/kernel_bench.py --compile-only``; reports
+    in benchmarks/results/). Warp-specialised loops are not offered: Triton 3.6 and 3.9 both
+    fail to build them for this kernel on sm_90."""
     if interpreting():
         extra = {"WARP_SPECIALIZE": False} if kind == "fwd_tma" else {}
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, **extra}, num_warps=1, num_stages=1)]
@@ -66,7 +76,7 @@ def _configs(kind: str) -> list[triton.Config]:
         shapes = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 4), (64, 64, 4, 4),
                   (128, 32, 4, 4)]
     elif kind == "dkdv":  # BLOCK_N keys per program, BLOCK_M queries per step
-        shapes = [(64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 8, 2), (32, 128, 8, 2)]
+        shapes = DKDV_SHAPES
     elif kind == "fwd_tma":
         shapes = [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (64, 128, 4, 3)]
         return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "WARP_SPECIALIZE": False},
@@ -75,6 +85,38 @@ def _configs(kind: str) -> list[triton.Config]:
         shapes = [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 4)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
             for m, n, w, s in shapes]
+
+
+# (BLOCK_M, BLOCK_N, warps, stages) of the dK/dV kernel. Its five GEMMs run per warpgroup
+# as wgmma m64nX: S^T = K Q^T and dP^T = V dO^T with X = BLOCK_M / (warpgroups sharing
+# it), dV, dK and dQ with X = head dim / warpgroups (the compile report's mma column).
+DKDV_SHAPES = [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 8, 2), (64, 64, 8, 3), (64, 64, 4, 2)]
+
+
+def _fits(kind: str, config: triton.Config, head_dim: int, masked: bool) -> bool:
+    """False for a config that spills registers for this class on sm_90a (compile report):
+    - the pointer forward at 128 x 128 with a key mask at head dim 128 (Triton 3.6: 16-24 B);
+    - dK/dV at head dim 128 with 128 keys a program (two 128 x 128 fp32 accumulators; with
+      the atomic dQ 150+ B even at 8 warps) or with one warpgroup: 64 keys over 8 warps."""
+    kw = config.kwargs
+    if kind == "fwd" and head_dim == 128 and masked and kw["BLOCK_M"] * kw["BLOCK_N"] >= 128 * 128:
+        return False
+    if kind == "dkdv" and head_dim == 128 and (kw["BLOCK_N"] > 64 or config.num_warps < 8):
+        return False
+    return True
+
+
+def tuned_configs(kind: str, head_dim: int, masked: bool) -> list[triton.Config]:
+    """The configs the autotuner may try for one (head dim, mask) class."""
+    return [c for c in _configs(kind) if _fits(kind, c, head_dim, masked)]
+
+
+def _prune(kind: str):
+    def prune(configs, named_args, **kwargs):
+        meta = {**named_args, **kwargs}
+        kept = [c for c in configs if _fits(kind, c, meta["HEAD_DIM"], meta["HAS_MASK"])]
+        return kept or configs[:1]
+    return {"early_config_prune": prune}
 
 
 # Tune per power-of-two bucket of the lengths, not per exact length: text lengths and
@@ -112,6 +154,15 @@ def _online_softmax(qk, m_i, l_i):
 
 
 @triton.jit
+def _key_end(KeyLen, b, S_K, HAS_MASK: tl.constexpr):
+    """End of the keys worth visiting for sample b: 1 + its last real key (0 if none), so
+    key blocks of trailing padding (a short caption padded to 512 text tokens) are skipped."""
+    if HAS_MASK:
+        return tl.load(KeyLen + b)
+    return S_K
+
+
+@triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kn, stride_vn,
                     start, end, S_K, qk_scale, offs_e,
                     HAS_MASK: tl.constexpr, CHECK_BOUNDS: tl.constexpr,
@@ -134,10 +185,10 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kn, stri
     return acc, l_i, m_i
 
 
-@autotune(configs=_configs("fwd"), key=_TUNE_KEY)
+@autotune(configs=_configs("fwd"), key=_TUNE_KEY, prune_configs_by=_prune("fwd"))
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, Mask, Out, Lse, qk_scale,
+    Q, K, V, Mask, KeyLen, Out, Lse, qk_scale,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_os,
     H, S_Q, S_K, TUNE_S_Q, TUNE_S_K,
@@ -165,12 +216,13 @@ def _attn_fwd_kernel(
     acc = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     m_i = tl.zeros((BLOCK_M,), dtype=tl.float32) - 1.0e30
-    full_end = (S_K // BLOCK_N) * BLOCK_N
+    kv_end = _key_end(KeyLen, b64, S_K, HAS_MASK)
+    full_end = (kv_end // BLOCK_N) * BLOCK_N
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, mask_base,
                                     stride_kn, stride_vn, 0, full_end, S_K, qk_scale, offs_e,
                                     HAS_MASK, False, BLOCK_N, INPUT_PRECISION)
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, mask_base,
-                                    stride_kn, stride_vn, full_end, S_K, S_K, qk_scale, offs_e,
+                                    stride_kn, stride_vn, full_end, kv_end, S_K, qk_scale, offs_e,
                                     HAS_MASK, True, BLOCK_N, INPUT_PRECISION)
 
     has_key = l_i > 0.0
@@ -206,7 +258,7 @@ def _attn_fwd_inner_tma(acc, l_i, m_i, q, desc_k, desc_v, b, h, mask_base,
 @autotune(configs=_configs("fwd_tma"), key=_TUNE_KEY)
 @triton.jit
 def _attn_fwd_tma_kernel(
-    Q, K, V, Mask, Out, Lse, qk_scale,
+    Q, K, V, Mask, KeyLen, Out, Lse, qk_scale,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_os,
     B, H, S_Q, S_K, TUNE_S_Q, TUNE_S_K,
@@ -239,12 +291,13 @@ def _attn_fwd_tma_kernel(
     acc = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     m_i = tl.zeros((BLOCK_M,), dtype=tl.float32) - 1.0e30
-    full_end = (S_K // BLOCK_N) * BLOCK_N
+    kv_end = _key_end(KeyLen, b.to(tl.int64), S_K, HAS_MASK)
+    full_end = (kv_end // BLOCK_N) * BLOCK_N
     acc, l_i, m_i = _attn_fwd_inner_tma(acc, l_i, m_i, q, desc_k, desc_v, b, h, mask_base,
                                         0, full_end, S_K, qk_scale, HAS_MASK, False, BLOCK_N,
                                         HEAD_DIM, INPUT_PRECISION, WARP_SPECIALIZE)
     acc, l_i, m_i = _attn_fwd_inner_tma(acc, l_i, m_i, q, desc_k, desc_v, b, h, mask_base,
-                                        full_end, S_K, S_K, qk_scale, HAS_MASK, True, BLOCK_N,
+                                        full_end, kv_end, S_K, qk_scale, HAS_MASK, True, BLOCK_N,
                                         HEAD_DIM, INPUT_PRECISION, False)
 
     has_key = l_i > 0.0
@@ -289,19 +342,32 @@ def _load_lse_log2(Lse, row, mask_m):
     return tl.load(Lse + row, mask=mask_m, other=float("inf")) * 1.4426950408889634
 
 
-@autotune(configs=_configs("dkdv"), key=_TUNE_KEY)
+# dQ comes out of the dK/dV kernel (ATOMIC_DQ: fp32 atomic adds into a zeroed buffer, 5
+# GEMMs a block as in FlashAttention-2) or from its own pass over the keys (2 more GEMMs,
+# every dQ element written once: bitwise reproducible). The tuner re-zeroes the buffer
+# between its trial runs.
+@autotune(configs=_configs("dkdv"), key=_TUNE_KEY + ["ATOMIC_DQ", "SPLIT"], reset_to_zero=["DQ"],
+          prune_configs_by=_prune("dkdv"))
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    Q, K, V, Mask, DO, Lse, Delta, DK, DV, qk_scale, sm_scale,
+    Q, K, V, Mask, KeyLen, DO, Lse, Delta, DK, DV, DQ, qk_scale, sm_scale,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_ds,
-    stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
-    H, S_Q, S_K, TUNE_S_Q, TUNE_S_K,
+    stride_dkz, stride_dkb, stride_dkh, stride_dkn, stride_dvz, stride_dvb, stride_dvh, stride_dvn,
+    stride_dqb, stride_dqh, stride_dqs,
+    H, S_Q, S_K, SPLIT, TUNE_S_Q, TUNE_S_K,
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """One program: BLOCK_N keys of one (b, h) against the queries of split z (of SPLIT).
+
+    Per query block (5 GEMMs): S^T = K Q^T, P^T = exp2(S^T - LSE), dV += P^T dO,
+    dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q [, dQ += dS K]. With SPLIT > 1
+    (few keys, e.g. 512 text tokens: too few programs to fill the GPU) each split writes
+    fp32 partials of dK/dV at DK/DV + z * stride_*z, summed by the launcher."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
+    z = tl.program_id(2)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -311,17 +377,25 @@ def _attn_bwd_dkdv_kernel(
     if HAS_MASK:
         valid_n = valid_n & (tl.load(Mask + b * S_K + offs_n, mask=mask_n, other=0) != 0)
 
+    # split z takes query blocks z, z + SPLIT, z + 2 SPLIT, ... (a loop from 0 with a
+    # constant start offset; contiguous ranges per split spilled registers at head dim 128)
+    end_m = S_Q
+    if HAS_MASK:
+        # a block past the sample's last real key (padding only) gets zero gradients:
+        # skip its queries entirely
+        end_m = tl.where(pid_n * BLOCK_N < _key_end(KeyLen, b, S_K, HAS_MASK), S_Q, 0)
     k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_e[None, :],
                 mask=mask_n[:, None], other=0.0)
     v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_e[None, :],
                 mask=mask_n[:, None], other=0.0)
     q_base = Q + b * stride_qb + h * stride_qh
     do_base = DO + b * stride_db + h * stride_dh
+    dq_base = DQ + b * stride_dqb + h * stride_dqh
     row_base = bh.to(tl.int64) * S_Q
     dk = tl.zeros((BLOCK_N, HEAD_DIM), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, HEAD_DIM), dtype=tl.float32)
-    for start_m in range(0, S_Q, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
+    for start_m in range(0, end_m, BLOCK_M * SPLIT):
+        offs_m = start_m + z * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < S_Q
         q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_e[None, :], mask=mask_m[:, None], other=0.0)
         do = tl.load(do_base + offs_m[:, None] * stride_ds + offs_e[None, :], mask=mask_m[:, None], other=0.0)
@@ -334,17 +408,24 @@ def _attn_bwd_dkdv_kernel(
         dp_t = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=INPUT_PRECISION)
+        if ATOMIC_DQ:
+            dq = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=INPUT_PRECISION) * sm_scale  # [M, E]
+            # the fp32 buffer is dense [B, H, S, E]: a compile-time row stride lets the adds
+            # vectorise (and saves a 64-bit address per element in registers)
+            tl.atomic_add(dq_base + offs_m[:, None] * HEAD_DIM + offs_e[None, :], dq,
+                          mask=mask_m[:, None], sem="relaxed")
     dk *= sm_scale
-    tl.store(DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_e[None, :],
-             dk.to(DK.dtype.element_ty), mask=mask_n[:, None])
-    tl.store(DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_e[None, :],
-             dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
+    zk = z.to(tl.int64)
+    tl.store(DK + zk * stride_dkz + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn
+             + offs_e[None, :], dk.to(DK.dtype.element_ty), mask=mask_n[:, None])
+    tl.store(DV + zk * stride_dvz + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn
+             + offs_e[None, :], dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
 
 
 @autotune(configs=_configs("dq"), key=_TUNE_KEY)
 @triton.jit
 def _attn_bwd_dq_kernel(
-    Q, K, V, Mask, DO, Lse, Delta, DQ, qk_scale, sm_scale,
+    Q, K, V, Mask, KeyLen, DO, Lse, Delta, DQ, qk_scale, sm_scale,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_ds,
     stride_dqb, stride_dqh, stride_dqs,
@@ -352,6 +433,7 @@ def _attn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """The deterministic dQ pass: rows = queries, streams the K/V blocks up to the last real key."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -369,7 +451,7 @@ def _attn_bwd_dq_kernel(
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     dq = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
-    for start_n in range(0, S_K, BLOCK_N):
+    for start_n in range(0, _key_end(KeyLen, b, S_K, HAS_MASK), BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < S_K
         valid_n = mask_n
@@ -475,7 +557,7 @@ def flash_attention_fwd(q, k, v, key_padding_mask=None, softmax_scale=None):
         return out, lse.fill_(float("-inf"))
     mask = key_padding_mask.to(torch.int8).contiguous() if key_padding_mask is not None else None
     grid = lambda meta: (triton.cdiv(S, meta["BLOCK_M"]), B * H)  # noqa: E731
-    args = (q, k, v, mask, out, lse, sm_scale * LOG2E,
+    args = (q, k, v, mask, _key_lengths(mask), out, lse, sm_scale * LOG2E,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2))
     flags = dict(HEAD_DIM=E, HAS_MASK=mask is not None, INPUT_PRECISION=_precision(q.dtype))
@@ -493,18 +575,56 @@ def flash_attention_fwd(q, k, v, key_padding_mask=None, softmax_scale=None):
     return out, lse
 
 
+def _key_lengths(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """int32 [B]: 1 + the index of each sample's last real key (0 when it has none)."""
+    if mask is None:
+        return None
+    if mask.shape[1] == 0:
+        return torch.zeros(mask.shape[0], device=mask.device, dtype=torch.int32)
+    position = torch.arange(1, mask.shape[1] + 1, device=mask.device, dtype=torch.int32)
+    return (mask.to(torch.int32) * position).amax(dim=1).to(torch.int32)
+
+
+def deterministic_backward() -> bool:
+    """dQ from its own pass (bitwise reproducible, 7 GEMMs a block) rather than fp32 atomic
+    adds (5 GEMMs, the FlashAttention-2 default; the summation order, so the last bits of
+    dQ, vary run to run). MOVIEGEN_ATTN_DETERMINISTIC=1/0 forces a choice; otherwise it
+    follows ``torch.use_deterministic_algorithms``. Read when the forward runs."""
+    setting = os.environ.get("MOVIEGEN_ATTN_DETERMINISTIC", "auto")
+    if setting in ("0", "1"):
+        return setting == "1"
+    return torch.are_deterministic_algorithms_enabled()
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: exercises the split on small shapes, stays fast
+
+
+def _kv_split(S: int, L: int, BH: int, sms: int) -> int:
+    """Query splits of the dK/dV grid: enough programs for every SM when the keys are few
+    (cross-attention to 512 text tokens: 4 key blocks a head), at most one split per 128
+    queries; 1 for self-attention at video lengths."""
+    programs = triton.cdiv(L, 128) * BH
+    return max(1, min(triton.cdiv(sms, programs), triton.cdiv(S, 128)))
+
+
 def flash_attention_bwd(do, q, k, v, out, lse, key_padding_mask=None, softmax_scale=None,
-                        dlse=None):
-    """Returns (dq, dk, dv) in the input dtype."""
+                        dlse=None, deterministic: Optional[bool] = None,
+                        kv_split: Optional[int] = None):
+    """Returns (dq, dk, dv) in the input dtype.
+
+    deterministic: dQ without atomics (default ``deterministic_backward()``). kv_split:
+    query splits of the dK/dV kernel (default: enough programs to fill the GPU)."""
     q, k, v, do, out = (_last_dim_contiguous(t) for t in (q, k, v, do, out))
     B, H, S, E = q.shape
     L = k.shape[2]
     sm_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(E)
-    dq = torch.empty((B, H, S, E), device=q.device, dtype=q.dtype)
-    dk = torch.empty((B, H, L, E), device=q.device, dtype=k.dtype)
-    dv = torch.empty((B, H, L, E), device=q.device, dtype=v.dtype)
     if S == 0 or L == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
+        return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
+    deterministic = deterministic_backward() if deterministic is None else deterministic
+    split = _kv_split(S, L, B * H, _num_sms(q.device)) if kv_split is None else max(1, int(kv_split))
     delta = torch.empty((B, H, S), device=q.device, dtype=torch.float32)
     pre_block = 16 if interpreting() else 64
     _attn_bwd_preprocess_kernel[(triton.cdiv(S, pre_block), B * H)](
@@ -512,17 +632,30 @@ def flash_attention_bwd(do, q, k, v, out, lse, key_padding_mask=None, softmax_sc
         out.stride(0), out.stride(1), out.stride(2), do.stride(0), do.stride(1), do.stride(2),
         H, S, HEAD_DIM=E, HAS_DLSE=dlse is not None, BLOCK_M=pre_block)
     mask = key_padding_mask.to(torch.int8).contiguous() if key_padding_mask is not None else None
+    key_lengths = _key_lengths(mask)
     common = dict(HEAD_DIM=E, HAS_MASK=mask is not None, INPUT_PRECISION=_precision(q.dtype))
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
-    _attn_bwd_dkdv_kernel[lambda meta: (triton.cdiv(L, meta["BLOCK_N"]), B * H)](
-        q, k, v, mask, do, lse, delta, dk, dv, sm_scale * LOG2E, sm_scale, *strides,
-        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        H, S, L, *_tune_lengths(S, L), **common)
-    _attn_bwd_dq_kernel[lambda meta: (triton.cdiv(S, meta["BLOCK_M"]), B * H)](
-        q, k, v, mask, do, lse, delta, dq, sm_scale * LOG2E, sm_scale, *strides,
-        dq.stride(0), dq.stride(1), dq.stride(2), H, S, L, *_tune_lengths(S, L), **common)
-    return dq, dk, dv
+    if split > 1:  # fp32 partials per split, summed below
+        dk = torch.empty((split, B, H, L, E), device=q.device, dtype=torch.float32)
+        dv = torch.empty((split, B, H, L, E), device=q.device, dtype=torch.float32)
+    else:
+        dk = torch.empty((1, B, H, L, E), device=q.device, dtype=k.dtype)
+        dv = torch.empty((1, B, H, L, E), device=q.device, dtype=v.dtype)
+    # the atomic dQ accumulates in fp32; the deterministic pass writes dQ directly
+    dq = (torch.empty((B, H, S, E), device=q.device, dtype=q.dtype) if deterministic
+          else torch.zeros((B, H, S, E), device=q.device, dtype=torch.float32))
+    _attn_bwd_dkdv_kernel[lambda meta: (triton.cdiv(L, meta["BLOCK_N"]), B * H, split)](
+        q, k, v, mask, key_lengths, do, lse, delta, dk, dv, dq, sm_scale * LOG2E, sm_scale, *strides,
+        *dk.stride()[:4], *dv.stride()[:4], *dq.stride()[:3],
+        H, S, L, split, *_tune_lengths(S, L), ATOMIC_DQ=not deterministic, **common)
+    if deterministic:
+        _attn_bwd_dq_kernel[lambda meta: (triton.cdiv(S, meta["BLOCK_M"]), B * H)](
+            q, k, v, mask, key_lengths, do, lse, delta, dq, sm_scale * LOG2E, sm_scale,
+            *strides, *dq.stride()[:3], H, S, L, *_tune_lengths(S, L), **common)
+    dk = dk[0] if split == 1 else dk.sum(0).to(k.dtype)
+    dv = dv[0] if split == 1 else dv.sum(0).to(v.dtype)
+    return dq.to(q.dtype), dk, dv
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -546,12 +679,14 @@ def _(q, k, v, key_padding_mask, softmax_scale):
 def _flash_attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             out: torch.Tensor, lse: torch.Tensor,
                             key_padding_mask: Optional[torch.Tensor], softmax_scale: Optional[float],
-                            dlse: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return flash_attention_bwd(do, q, k, v, out, lse, key_padding_mask, softmax_scale, dlse)
+                            dlse: Optional[torch.Tensor], deterministic: bool
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return flash_attention_bwd(do, q, k, v, out, lse, key_padding_mask, softmax_scale, dlse,
+                               deterministic=deterministic)
 
 
 @_flash_attention_bwd_op.register_fake
-def _(do, q, k, v, out, lse, key_padding_mask, softmax_scale, dlse):
+def _(do, q, k, v, out, lse, key_padding_mask, softmax_scale, dlse, deterministic):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -561,6 +696,8 @@ class FlashAttentionFunction(torch.autograd.Function):
         out, lse = _flash_attention_fwd_op(q, k, v, key_padding_mask, softmax_scale)
         ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
         ctx.softmax_scale = softmax_scale
+        # the dQ mode in force when the attention ran (its backward may run elsewhere)
+        ctx.deterministic = deterministic_backward()
         ctx.set_materialize_grads(False)
         return out, lse
 
@@ -569,7 +706,8 @@ class FlashAttentionFunction(torch.autograd.Function):
         q, k, v, out, lse, mask = ctx.saved_tensors
         if do is None:
             do = torch.zeros_like(out)
-        dq, dk, dv = _flash_attention_bwd_op(do, q, k, v, out, lse, mask, ctx.softmax_scale, dlse)
+        dq, dk, dv = _flash_attention_bwd_op(do, q, k, v, out, lse, mask, ctx.softmax_scale, dlse,
+                                             ctx.deterministic)
         return dq, dk, dv, None, None
 
 

@@ -96,27 +96,46 @@ def _modulated_rms_norm_bwd_kernel(
 
     s_start = pid * rows_per_program
     s_end = tl.minimum(s_start + rows_per_program, S)
-    for s0 in range(s_start, s_end, BLOCK_S):
-        offs_s = s0 + tl.arange(0, BLOCK_S)
-        mask_s = offs_s < s_end
-        mask = mask_s[:, None] & mask_d[None, :]
-        rows = b.to(tl.int64) * S + offs_s
-        offs = rows[:, None] * D + offs_d[None, :]
-        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        rstd = tl.load(rstd_ptr + rows, mask=mask_s, other=0.0)
-        n = x * rstd[:, None]
-        acc_dy += tl.sum(dy, axis=0)
-        acc_dyn += tl.sum(dy * n, axis=0)
-        # (1 + scale) * w is reloaded each step (L1-resident) rather than held: one row
-        # vector fewer live across the loop keeps a D = 6144 row free of register spills
-        coef = 1.0 + tl.load(scale_ptr + b * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        if HAS_WEIGHT:
-            coef = coef * tl.load(w_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        dn = dy * coef[None, :]
-        c = tl.sum(dn * n, axis=1) / D
-        dx = (dn - n * c[:, None]) * rstd[:, None]
-        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    if BLOCK_S == 1:
+        # one row a step as a 1-D vector: the same math on a [1, BLOCK_D] tile spilled
+        # 120 B at D = 6144 (8192 lanes, 32 warps) under Triton 3.9 for sm_90a
+        for s in range(s_start, s_end):
+            row = b.to(tl.int64) * S + s
+            dy = tl.load(dy_ptr + row * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + row * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+            rstd = tl.load(rstd_ptr + row)
+            n = x * rstd
+            acc_dy += dy
+            acc_dyn += dy * n
+            coef = 1.0 + tl.load(scale_ptr + b * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+            if HAS_WEIGHT:
+                coef = coef * tl.load(w_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+            dn = dy * coef
+            c = tl.sum(dn * n, axis=0) / D
+            dx = (dn - n * c) * rstd
+            tl.store(dx_ptr + row * D + offs_d, dx.to(dx_ptr.dtype.element_ty), mask=mask_d)
+    else:
+        for s0 in range(s_start, s_end, BLOCK_S):
+            offs_s = s0 + tl.arange(0, BLOCK_S)
+            mask_s = offs_s < s_end
+            mask = mask_s[:, None] & mask_d[None, :]
+            rows = b.to(tl.int64) * S + offs_s
+            offs = rows[:, None] * D + offs_d[None, :]
+            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            rstd = tl.load(rstd_ptr + rows, mask=mask_s, other=0.0)
+            n = x * rstd[:, None]
+            acc_dy += tl.sum(dy, axis=0)
+            acc_dyn += tl.sum(dy * n, axis=0)
+            # (1 + scale) * w is reloaded each step (L1-resident) rather than held: one row
+            # vector fewer live across the loop
+            coef = 1.0 + tl.load(scale_ptr + b * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+            if HAS_WEIGHT:
+                coef = coef * tl.load(w_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+            dn = dy * coef[None, :]
+            c = tl.sum(dn * n, axis=1) / D
+            dx = (dn - n * c[:, None]) * rstd[:, None]
+            tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
     part = (b * num_programs + pid) * D + offs_d
     tl.store(dyn_part_ptr + part, acc_dyn, mask=mask_d)

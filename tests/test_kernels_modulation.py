@@ -18,8 +18,9 @@ from kernel_helpers import (DEVICE, DTYPE_IDS, DTYPES, as_layout,  # noqa: E402
                              check_against_float64)
 
 EPS = 1e-6
-# (B, S, D): odd S not a multiple of the row block, one token, D not a power of two
-SHAPES = [(2, 37, 48), (1, 1, 16), (3, 5, 130)]
+# (B, S, D): odd S not a multiple of the row block, one token, D not a power of two, and a
+# row over 2048 wide (the backward's one-row-a-step path, as at the model's D = 3072/6144)
+SHAPES = [(2, 37, 48), (1, 1, 16), (3, 5, 130), (2, 3, 3000)]
 dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 
 
