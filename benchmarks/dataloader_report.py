@@ -1,0 +1,107 @@
+"""Machine/versions facts and the markdown table of benchmarks/dataloader.py."""
+from __future__ import annotations
+
+import os
+import platform
+
+import numpy as np
+
+
+def versions() -> dict:
+    import av
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "av": av.__version__, "numpy": np.__version__}
+    for name, mod in (("nvidia-dali", "nvidia.dali"), ("pyarrow", "pyarrow")):
+        try:
+            out[name] = __import__(mod, fromlist=["__version__"]).__version__
+        except Exception:
+            out[name] = None
+    return out
+
+
+def machine(load_before) -> dict:
+    from moviegen.data.dali_decode import usable_cores
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except Exception:
+        pass
+    return {"cpu": cpu, "cores_visible": os.cpu_count(), "cores_usable": usable_cores(),
+            "platform": platform.platform(),
+            "load_avg_1min_before_after": [round(load_before[0], 2),
+                                           round(os.getloadavg()[0], 2)]}
+
+
+def _cell(s: dict | None) -> str:
+    if not s:
+        return "-"
+    return f"{s['clips_per_s']:.2f} [{s['min']:.2f}-{s['max']:.2f}]"
+
+
+def to_markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = ["# Data loader benchmark (CPU)", "", f"Command: `{res['command']}`", "",
+             f"Machine: {m['cpu']}, {m['cores_usable']} usable cores ({m['cores_visible']} "
+             f"visible), {m['platform']}; 1-min load average {m['load_avg_1min_before_after'][0]}"
+             f" before, {m['load_avg_1min_before_after'][1]} after (a load above the core "
+             "count means other work shared the cores)", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()), "",
+             f"Wall time: {res['wall_s']:.0f} s", "",
+             "## Loader throughput, clips/s: median [min-max] over repeats", "",
+             "| codec | source | clip (T x H x W) | workers | CPU decoder (PyAV) | DALI CPU "
+             "| DALI / CPU | DALI, threads = workers (uncapped) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in res["throughput"]:
+        c, d, u = r["cpu"], r.get("dali"), r.get("dali_uncapped")
+        shape = "x".join(str(s) for s in c["batch_shape"][2:])
+        src = "448x256" if r["size"] == 256 else "1280x720"
+        dali = (_cell(d) + f" ({d['dali_threads']} thr)" if d else
+                "n/a: DALI CPU has no H.264; rows go to the CPU decoder"
+                if r["codec"] == "h264" else "-")
+        ratio = f"{r['dali_over_cpu']:.2f}x" if d else "-"
+        unc = (_cell(u) + f" ({u['dali_threads']} thr), {r['uncapped_over_cpu']:.2f}x"
+               if u else "-")
+        lines.append(f"| {r['codec']} | {src} | {shape} | {r['workers']} | {_cell(c)} | "
+                     f"{dali} | {ratio} | {unc} |")
+    lines += ["", "Sources: 24 fps, 2.5 s at 256 px, 1.5 s at 720p; frames sampled at 16 fps "
+              "into 16:9 buckets of area 256^2 (192x336) and 512^2 (384x672). workers = "
+              "DataLoader processes (CPU decoder) or threads of DALI's one pipeline, which "
+              "the loader caps at the usable cores.", ""]
+    dec = res["cpu_decoders"]
+    tc = dec["torchcodec"]
+    lines += ["## CPU decoders: PyAV vs torchcodec (same frames by time, 1 process, "
+              "1 FFmpeg thread)", ""]
+    if tc.get("available"):
+        lines += [f"torchcodec {tc['version']}" + (" loading PyAV's bundled FFmpeg "
+                  "(--torchcodec-ffmpeg-from-pyav)" if dec.get("ffmpeg_from_pyav") else ""),
+                  "", "| set | PyAV s/clip | torchcodec s/clip | torchcodec speed / PyAV "
+                  "| mean abs pixel diff |", "|---|---|---|---|---|"]
+        for key, per in dec["per_set"].items():
+            t = per["torchcodec"]
+            lines.append(f"| {key} | {per['pyav']['s_per_clip']:.3f} | {t['s_per_clip']:.3f} "
+                         f"| {per['torchcodec_speed_vs_pyav']:.2f}x | "
+                         f"{t['mean_abs_diff_vs_pyav']:.1f} |")
+    else:
+        lines += [f"torchcodec could not decode here: `{tc['error']}`", "",
+                  "| set | PyAV s/clip |", "|---|---|"]
+        lines += [f"| {k} | {per['pyav']['s_per_clip']:.3f} |"
+                  for k, per in dec["per_set"].items()]
+    fb = res["first_batch"]
+    j, q = fb["jsonl"], fb["parquet"]
+    lines += ["", f"## Time to first batch, {fb['rows']:,}-row manifest "
+              f"({fb['manifest_mb']} MB JSONL, {fb['cache_mb']} MB Parquet copy, "
+              f"dp_size={fb['dp_size']}, 5 x 5 buckets)", "",
+              "| manifest read from | load manifest | + bucketing | + epoch plan "
+              "| first batch |", "|---|---|---|---|---|",
+              f"| JSONL | {j['load_manifest_s']:.2f} s | {j['plus_bucketing_s']:.2f} s | "
+              f"{j['plus_epoch_plan_s']:.2f} s | **{j['time_to_first_batch_s']:.2f} s** |",
+              f"| Parquet copy | {q['load_manifest_s']:.2f} s | {q['plus_bucketing_s']:.2f} s | "
+              f"{q['plus_epoch_plan_s']:.2f} s | **{q['time_to_first_batch_s']:.2f} s** |", "",
+              f"Times are cumulative. The first load parses the JSONL and writes the copy: "
+              f"{fb['parse_and_write_cache_s']:.2f} s. Speed-up of the first batch: "
+              f"{fb['speedup']:.1f}x.", ""]
+    return "\n".join(lines)
