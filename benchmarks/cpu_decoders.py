@@ -66,7 +66,8 @@ def torchcodec_decoder():
         from torchcodec.decoders import VideoDecoder
     except Exception as e:  # noqa: BLE001 - the reason is the finding
         return None, {"available": False, "error": _short(e)}
-    status = {"available": True, "version": torchcodec.__version__}
+    status = {"available": True, "version": torchcodec.__version__,
+              "module": os.path.dirname(torchcodec.__file__)}
 
     def decode(path, times):
         d = VideoDecoder(path, device="cpu", num_ffmpeg_threads=1, seek_mode="approximate")
