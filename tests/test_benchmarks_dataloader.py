@@ -27,8 +27,10 @@ def test_dataloader_benchmark_quick_writes_json_and_table(tmp_path):
     dec = res["cpu_decoders"]
     assert set(dec["per_set"]) == {"h264_256", "vp9_256"}
     assert dec["torchcodec"]["available"] or dec["torchcodec"]["error"]
+    for per in dec["per_set"].values():  # the colour-conversion control beside PyAV
+        assert per["pyav_default_rgb"]["s_per_clip"] > 0 and per["pyav"]["s_per_clip"] > 0
     fb = res["first_batch"]
     assert fb["rows"] == 20_000 and fb["jsonl"]["first_batch_shape"] == fb["parquet"]["first_batch_shape"]
     md = (tmp_path / "d.md").read_text()
     assert "| h264 | 448x256 | 32x192x336 | 1 |" in md and "DALI CPU has no H.264" in md
-    assert "Parquet copy" in md and "usable cores" in md
+    assert "Parquet copy" in md and "usable cores" in md and "swscale default RGB" in md
