@@ -16,8 +16,9 @@ What it does, all in one run on the same files:
      --repeats times, interleaved, and reported as median [min-max] clips/s;
   3. decodes the same frames with PyAV and torchcodec in one process
      (benchmarks/cpu_decoders.py; torchcodec only where it loads: --torchcodec-ffmpeg-from-pyav);
-  4. writes a --rows manifest (rows cycle over the 256 px H.264 clips) and times a fresh
-     loader to its first batch, parsing the JSONL and from its Parquet copy.
+  4. writes a --rows manifest (paths cycle over the 256 px H.264 clips, captions are
+     unique) and times a fresh loader to its first batch, parsing the JSONL and from its
+     Parquet copy.
 Timing: after the first batch and the batches prefetched meanwhile, a whole number of
 worker rounds (the timed batch count is rounded up to a multiple of the workers): with
 W workers the DataLoader hands out batches in waves of W, and a window that ends
@@ -151,8 +152,11 @@ def first_batch(manifest: str, rows: int, tmp: str) -> dict:
                                                      src.height, src.fps, src.frames,
                                                      src.duration, src.codecs)]
     with open(big, "w") as f:
+        # paths cycle over the clips (they must exist); captions are unique, as in a real
+        # set, so the Parquet copy cannot shrink them to a few dictionary entries
         for i in range(0, rows, len(base)):
-            f.write("\n".join(base[: rows - i]) + "\n")
+            f.write("\n".join(ln.replace('", "type"', f' (take {i + k})", "type"', 1)
+                              for k, ln in enumerate(base[: rows - i])) + "\n")
     out = {"rows": rows, "manifest_mb": round(os.path.getsize(big) / 2 ** 20, 1),
            "dp_size": 8, "backend": "pyav"}
     cfg = loader_config(big, 256, "pyav", 2)

@@ -76,7 +76,7 @@ def to_markdown(res: dict) -> str:
                       f"batches), {pr['clips_per_s'] / c['clips_per_s']:.2f}x: batches decoded "
                       "before the window opened are counted in it."]
     lines += ["", "Sources: 24 fps, 2.5 s at 256 px, 1.5 s at 720p; frames sampled at 16 fps "
-              "into 16:9 buckets of area 256^2 (192x336) and 512^2 (384x672). workers = "
+              "into 16:9 buckets of area 256^2 (192x336) and 512^2 (384x688). workers = "
               "DataLoader processes (CPU decoder) or threads of DALI's one pipeline, which "
               "the loader caps at the usable cores.", ""]
     dec = res["cpu_decoders"]
