@@ -1,8 +1,9 @@
 """Data-loader throughput on realistic files, CPU decoders side by side, time to first batch.
 
-    python benchmarks/dataloader.py                  # small: ~2-4 min on 2 idle cores
-    python benchmarks/dataloader.py --quick          # smoke run
-    python benchmarks/dataloader.py --clips 4 --repeats 3 --batches 8 --update-results
+    python benchmarks/dataloader.py                  # ~10 min on 2 lightly shared cores
+    python benchmarks/dataloader.py --quick          # smoke run, under a minute
+    python benchmarks/dataloader.py --clips 4 --repeats 3 --batches 2 \
+        --torchcodec-ffmpeg-from-pyav --update-results   # the committed results
 
 What it does, all in one run on the same files:
   1. encodes H.264 (.mp4, libx264) and VP9 (.webm, libvpx-vp9) clips at 256 px (448x256)
