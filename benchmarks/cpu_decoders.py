@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,8 +32,9 @@ _FFMPEG_LIBS = ("avutil", "avcodec", "avformat", "avdevice", "avfilter", "swscal
                 "swresample")
 
 
-def pyav_ffmpeg_env() -> dict:
-    """Environment whose LD_LIBRARY_PATH finds PyAV's bundled FFmpeg by its usual names."""
+def pyav_ffmpeg_env() -> tuple[dict, str]:
+    """(environment whose LD_LIBRARY_PATH finds PyAV's bundled FFmpeg by its usual names,
+    the folder of links to remove afterwards)."""
     import av
 
     libs = os.path.join(os.path.dirname(os.path.dirname(av.__file__)), "av.libs")
@@ -45,7 +47,7 @@ def pyav_ffmpeg_env() -> dict:
     # PyAV's libraries find each other through their own folder ($ORIGIN is the link's)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         [links, libs] + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
-    return env
+    return env, links
 
 
 def _short(e: BaseException) -> str:
@@ -136,7 +138,7 @@ def run(files: list[dict], repeats: int, ffmpeg_from_pyav: bool) -> dict:
     """compare() in a child process (with PyAV's FFmpeg visible when asked)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(files, fh)
-    env = pyav_ffmpeg_env() if ffmpeg_from_pyav else dict(os.environ)
+    env, links = pyav_ffmpeg_env() if ffmpeg_from_pyav else (dict(os.environ), None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]]
                                                   if env.get("PYTHONPATH") else []))
@@ -146,6 +148,8 @@ def run(files: list[dict], repeats: int, ffmpeg_from_pyav: bool) -> dict:
                            env=env, timeout=1800)
     finally:
         os.remove(fh.name)
+        if links:
+            shutil.rmtree(links, ignore_errors=True)
     if r.returncode != 0:
         raise RuntimeError(f"cpu_decoders.py failed:\n{r.stderr[-3000:]}")
     res = json.loads(r.stdout.strip().splitlines()[-1])
