@@ -26,8 +26,9 @@ setup(
         "pillow",
     ],
     extras_require={
-        # real video files: PyAV encodes/decodes, DALI decodes on CPU (VP9/VP8/MJPEG) or GPU
-        "data": ["av", "nvidia-dali-cuda120"],
+        # real video files: PyAV encodes/decodes, DALI decodes on CPU (VP9/VP8/MJPEG) or GPU;
+        # pyarrow: the Parquet copy that makes a large manifest load fast
+        "data": ["av", "nvidia-dali-cuda120", "pyarrow"],
         # tests: triton runs on CPU through TRITON_INTERPRET=1
         "dev": ["pytest", "pytest-timeout", "triton>=3.0"],
         "gpu": ["triton>=3.0"],

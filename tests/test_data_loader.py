@@ -158,3 +158,18 @@ def test_device_and_contract_errors(cfg):
     with pytest.raises(ValueError, match="manifest"):
         build_video_loader(cfg.replace(manifest=""), dp_rank=0, dp_size=1, seed=0)
     assert os.path.isfile(cfg.manifest)
+
+
+@pytest.mark.skipif("dali" not in BACKENDS, reason="nvidia-dali not installed")
+@pytest.mark.parametrize("workers, cores, threads", [(4, 2, 2), (1, 2, 1), (0, 2, 1),
+                                                     (3, 8, 3)])
+def test_dali_threads_never_exceed_the_usable_cores(cfg, monkeypatch, workers, cores, threads):
+    # more DALI threads than cores was measured slower (benchmarks/dataloader.py)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    loader = build_video_loader(cfg.replace(backend="dali", num_workers=workers),
+                                dp_rank=0, dp_size=1, seed=0)
+    try:
+        assert next(loader)["video"].dim() == 5
+        assert loader._dali.num_threads == threads
+    finally:
+        loader.close()

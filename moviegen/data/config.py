@@ -30,7 +30,7 @@ class VideoDataConfig:
 
     num_workers: int = 1
     """PyAV: DataLoader worker processes (0 = decode in the calling process).
-    DALI: decoder threads."""
+    DALI: decoder threads of its one in-process pipeline, at most the usable cores."""
 
     prefetch_batches: int = 2
     """Batches decoded ahead of the consumer (DALI thread queue / DataLoader prefetch)."""

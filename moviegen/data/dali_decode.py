@@ -16,6 +16,8 @@ DALI's reason and the rest of the batch is kept. Rebuilding costs ~1 ms.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -31,6 +33,22 @@ def dali_available() -> bool:
     except Exception:
         return False
     return True
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask: a SLURM/cgroup allocation)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def dali_threads(num_workers: int) -> int:
+    """DALI CPU threads for `num_workers`: never more than the usable cores. DALI runs
+    one pipeline in this process, so its threads are the only decode parallelism; more
+    threads than cores only adds switching, and a batch of B samples keeps at most B of
+    them busy in the decoder (benchmarks/dataloader.py measures both)."""
+    return max(1, min(int(num_workers), usable_cores()))
 
 
 def _dali_reason(err: Exception) -> str:

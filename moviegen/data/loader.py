@@ -240,10 +240,10 @@ class VideoLoader:
         specs = self._planner.specs(self.epoch, self.batch_index)
         if self.backend == "dali":
             if self._dali is None:
-                from moviegen.data.dali_decode import DaliDecoder
+                from moviegen.data.dali_decode import DaliDecoder, dali_threads
                 dev = (self.device.index or 0) if self.device.type == "cuda" else None
                 self._dali = DaliDecoder(max(b.batch_size for b in self.buckets),
-                                         max(1, self.cfg.num_workers), dev)
+                                         dali_threads(self.cfg.num_workers), dev)
             self._source = _track(_ThreadProducer(specs, self._dali.decode_batch,
                                                   self.cfg.prefetch_batches))
         else:
