@@ -87,11 +87,11 @@ def window_weights(num_frames: int, window: int, overlap: int) -> torch.Tensor:
     for i, s in enumerate(starts):
         e = min(s + window, num_frames)
         ramp = torch.ones(e - s, dtype=torch.float64)
-        if i > 0:  # up across the overlap with the previous window
-            n = starts[i - 1] + window - s
+        n = starts[i - 1] + window - s if i > 0 else 0
+        if n > 0:  # up across the overlap with the previous window
             ramp[:n] = torch.minimum(ramp[:n], (torch.arange(n) + 0.5) / n)
-        if i < len(starts) - 1:  # down across the overlap with the next window
-            n = e - starts[i + 1]
+        n = e - starts[i + 1] if i < len(starts) - 1 else 0
+        if n > 0:  # down across the overlap with the next window
             ramp[-n:] = torch.minimum(ramp[-n:], 1 - (torch.arange(n) + 0.5) / n)
         w[i, s:e] = ramp
     return (w / w.sum(0, keepdim=True)).float()
