@@ -301,3 +301,37 @@ def test_training_fsdp2_x_tp2_x_cp2_on_8_ranks_like_one_process(one_process, tmp
     results = spawn(_train, 8, 230, str(tmp_path), [
         ["--parallel.dp_shard=2", "--parallel.tp=2", "--parallel.cp=2"]])
     _assert_like_one_process(one_process, results, 1)
+
+
+# --------------------------------------------------------------------------- conditioned
+# Every task at once, with noise augmentation, a degraded upsample input, a loss mask and
+# part of the model frozen (text projections, positions and time embedding): the same
+# losses and weights as one process. The conditioning is concatenated before patchify, so
+# the sequence split sees one input as before; the draws are per sample.
+COND = ["--model.cond_channels=17", "--train.tasks={t2v: 0.2, i2v: 0.2, extend: 0.2, "
+        "interpolate: 0.2, upsample: 0.2}", "--train.trainable=[\"blocks.*\", "
+        "\"patch_embed.*\", \"final_layer.*\"]"]
+
+
+@pytest.fixture(scope="module")
+def one_process_conditioned(tmp_path_factory):
+    return _train(0, 1, str(tmp_path_factory.mktemp("one_cond")), [COND])[" ".join(COND)]
+
+
+@pytest.mark.timeout(200)
+def test_conditioned_training_fsdp2_tp2_cp2_like_one_process(one_process_conditioned,
+                                                             tmp_path):
+    from moviegen.training.diffusion import DiffusionTrainer
+
+    losses, params = one_process_conditioned
+    init = dict(DiffusionTrainer(tiny_cfg(str(tmp_path / "init"), *COND)).model
+                .named_parameters())
+    frozen = [k for k in params if k.startswith(("pos_embed", "text_proj", "time_embed"))]
+    assert len(frozen) >= 6 and all(torch.equal(params[k], init[k]) for k in frozen)
+    assert not torch.equal(params["patch_embed.proj.weight"][:, 16:],
+                           init["patch_embed.proj.weight"][:, 16:])  # conditioning learnt
+    results = spawn(_train, 2, 190, str(tmp_path), [
+        [*COND, "--parallel.dp_shard=2"],
+        [*COND, "--parallel.tp=2", "--parallel.ac=selective"],
+        [*COND, "--parallel.cp=2"]])
+    _assert_like_one_process(one_process_conditioned, results, 3)

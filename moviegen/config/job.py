@@ -26,6 +26,12 @@ class ModelConfig:
     """Registered size: one of moviegen.models.transformer.MODEL_REGISTRY (30b, 7b, 5b, 1b, tiny)."""
     in_channels: int = 16
     """Latent channels coming from the TAE (16 in Movie Gen)."""
+    cond_channels: int = 0
+    """Conditioning input channels: 0 (text-to-video only) or in_channels + 1 (a
+    conditioning latent and a binary mask of the given latent frames, concatenated with
+    the noisy latent before patchify, Emu Video's form; zero-initialised, so a
+    text-to-video export loads through train.init_from unchanged). Needed by train.tasks
+    other than t2v and by the upsampler."""
     patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
     """Conv3d patchify kernel = stride over (T', H', W') latents."""
     max_latent_frames: int = 8
@@ -71,6 +77,10 @@ class ModelConfig:
         check_choice(self.kernels, "model.kernels", ("auto", "triton", "torch"))
         for k in ("max_latent_frames", "max_latent_height", "max_latent_width", "in_channels"):
             check(getattr(self, k) >= 1, f"model.{k}", "must be >= 1")
+        check(self.cond_channels in (0, self.in_channels + 1), "model.cond_channels",
+              f"{self.cond_channels}, but it must be 0 (text-to-video only) or "
+              f"model.in_channels + 1 = {self.in_channels + 1} (the conditioning latent and "
+              f"one mask channel)")
         check_choice(self.attention_pattern, "model.attention_pattern", ("full", "window"))
         for key, n in (("spatial_window", 2), ("spatiotemporal_window", 3)):
             win = getattr(self, key)
@@ -277,6 +287,29 @@ class TrainConfig:
     <output_dir>/samples/step_N/ and in TensorBoard; EMA weights when EMA is on."""
     sample_prompts: list[str] = field(default_factory=list)
     """Captions to sample during training (with train.sample_every)."""
+    tasks: dict[str, float] = field(default_factory=dict)
+    """Probability of each training task per sample, e.g. {t2v: 0.5, i2v: 0.3, extend:
+    0.2}: t2v (text only), i2v (latent frame 0 given), extend (the first k latent frames),
+    interpolate (every n-th latent frame), upsample (a 2x-degraded copy of every frame).
+    Empty: t2v only. Any task but t2v needs model.cond_channels = model.in_channels + 1."""
+    extend_frames: int = 0
+    """Latent frames given to the extend task; 0 draws k per sample from 1..T'-1."""
+    interpolate_every: int = 2
+    """The interpolate task gives latent frames 0, n, 2n, ... with n = this."""
+    cond_noise_max: float = 0.1
+    """Noise augmentation of the conditioning (Emu Video): each sample's given latents
+    become (1 - a) latent + a noise with a uniform in [0, this]; 0 disables."""
+    upsample_blur_max: float = 1.0
+    """Degradation of the upsample task's low-resolution input: a Gaussian blur with sigma
+    uniform in [0, this] latent pixels (plus the conditioning noise above)."""
+    loss_on_given_frames: bool = False
+    """Count the given frames of i2v/extend/interpolate in the loss too. Off: the loss
+    covers only the frames the model must generate (a sampler keeps the given frames on
+    their known path)."""
+    trainable: list[str] = field(default_factory=list)
+    """Glob patterns over parameter names (e.g. "blocks.*.attn.*", "patch_embed.*"):
+    only matching parameters train; the rest are frozen (no gradient, no optimizer state,
+    no gradient reduce-scatter). Empty: everything trains."""
 
     def validate(self) -> None:
         check(self.steps >= 0, "train.steps", "must be >= 0")
@@ -295,6 +328,22 @@ class TrainConfig:
               "e.g. --train.sample_prompts='[\"a red circle moves from right to left\"]'")
         check(all(p.strip() for p in self.sample_prompts), "train.sample_prompts",
               "a prompt is empty")
+        from moviegen.conditioning import TASKS
+
+        for name, p in self.tasks.items():
+            check(name in TASKS, "train.tasks", f"unknown task '{name}' (choose from "
+                  f"{', '.join(TASKS)})")
+            check(isinstance(p, (int, float)) and p >= 0, f"train.tasks.{name}",
+                  f"{p!r} is not a probability (a number >= 0)")
+        check(not self.tasks or sum(self.tasks.values()) > 0, "train.tasks",
+              "the probabilities sum to 0: give at least one task a positive one")
+        check(self.extend_frames >= 0, "train.extend_frames", "must be >= 0 (0: drawn)")
+        check(self.interpolate_every >= 2, "train.interpolate_every",
+              "must be >= 2 (1 would give every frame)")
+        check(0 <= self.cond_noise_max < 1, "train.cond_noise_max", "must be in [0, 1)")
+        check(self.upsample_blur_max >= 0, "train.upsample_blur_max", "must be >= 0")
+        check(all(isinstance(p, str) and p.strip() for p in self.trainable),
+              "train.trainable", "a pattern is empty")
 
 
 @dataclass
@@ -431,8 +480,48 @@ class JobConfig:
             check(self.data.latent_width % self.model.patch_size[2] == 0, "data.latent_width",
                   f"{self.data.latent_width} is not divisible by the patch width "
                   f"{self.model.patch_size[2]}")
-        for name, T, H, W in latent_grids(self):
+        grids = latent_grids(self)
+        for name, T, H, W in grids:
             self.model.patch_grid_fits(name, T, H, W)
+        self._check_tasks(grids)
+        self._check_trainable()
+
+    def _check_tasks(self, grids) -> None:
+        from moviegen.conditioning import normalized_tasks, uses_conditioning
+
+        tasks = normalized_tasks(self.train.tasks)
+        if uses_conditioning(self.train.tasks):
+            check(self.model.cond_channels == self.model.in_channels + 1,
+                  "model.cond_channels", f"train.tasks {sorted(tasks)} give the model "
+                  f"conditioning frames, but model.cond_channels is "
+                  f"{self.model.cond_channels}: set it to model.in_channels + 1 = "
+                  f"{self.model.in_channels + 1}")
+        for name, T, H, W in grids:
+            if "upsample" in tasks:
+                check(H % 2 == 0 and W % 2 == 0, "train.tasks.upsample",
+                      f"data '{name}' gives {H}x{W} latent frames, which a 2x spatial "
+                      f"upsampler cannot halve (use even latent heights and widths)")
+            if "extend" in tasks and self.train.extend_frames and T > 1:
+                check(self.train.extend_frames < T, "train.extend_frames",
+                      f"{self.train.extend_frames} given latent frames leave none to "
+                      f"generate in data '{name}' ({T} latent frames)")
+
+    def _check_trainable(self) -> None:
+        """Every train.trainable pattern names at least one parameter (on a meta model)."""
+        if not self.train.trainable:
+            return
+        import torch
+
+        from moviegen.models.transformer import MovieGenTransformer, resolve_model_args
+        from moviegen.training.optim import match_trainable
+
+        args = resolve_model_args(self.model, {e.name: 8 for e in self.text.encoders})
+        with torch.device("meta"):
+            names = [n for n, _ in MovieGenTransformer(args).named_parameters()]
+        try:
+            match_trainable(names, self.train.trainable)
+        except ValueError as e:
+            raise ConfigError(f"train.trainable: {e}", key="train.trainable") from None
 
 
 def _tae_latent_channels(tae_dir: str) -> int:

@@ -60,6 +60,7 @@ class ModelArgs:
     n_heads: int = 4
     ffn_dim: int = 128
     in_channels: int = 16
+    cond_channels: int = 0  # conditioning latent + mask channels (0: text-to-video only)
     patch_size: tuple[int, int, int] = (1, 2, 2)
     max_t: int = 8
     max_h: int = 16
@@ -108,6 +109,7 @@ def resolve_model_args(model_cfg, text_dims: dict[str, int] | None = None) -> Mo
     return ModelArgs(
         **base,
         in_channels=model_cfg.in_channels,
+        cond_channels=getattr(model_cfg, "cond_channels", 0),
         patch_size=tuple(model_cfg.patch_size),
         max_t=model_cfg.max_latent_frames,
         max_h=model_cfg.max_latent_height,
@@ -256,16 +258,29 @@ class FeedForward(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Conv3d patchify with kernel = stride = patch: [B, C, T, H, W] -> [B, S, D]."""
+    """Conv3d patchify with kernel = stride = patch: [B, C, T, H, W] -> [B, S, D].
 
-    def __init__(self, in_channels: int, dim: int, patch: tuple[int, int, int]):
+    The last ``cond_channels`` input channels (the conditioning latent and its mask,
+    concatenated after the noisy latent) start at zero, as Emu Video's and Movie Gen's
+    upsampler's added inputs do: a freshly built conditioned model, or a text-to-video
+    export loaded into one, computes what the text-to-video model computes."""
+
+    def __init__(self, in_channels: int, dim: int, patch: tuple[int, int, int],
+                 cond_channels: int = 0):
         super().__init__()
         self.patch = patch
-        self.proj = nn.Conv3d(in_channels, dim, kernel_size=patch, stride=patch, bias=False)
+        self.cond_channels = cond_channels
+        self.proj = nn.Conv3d(in_channels + cond_channels, dim, kernel_size=patch,
+                              stride=patch, bias=False)
 
     def reset_parameters(self):
         w = self.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        n_latent = w.shape[1] - self.cond_channels
+        latent = torch.empty_like(w[:, :n_latent])  # the fan of the latent channels alone
+        nn.init.xavier_uniform_(latent.view(w.shape[0], -1))
+        with torch.no_grad():
+            w.zero_()
+            w[:, :n_latent].copy_(latent)
 
     def forward(self, x_BCTHW):
         return self.proj(x_BCTHW).flatten(2).transpose(1, 2)  # (B, S, D), t-major order
@@ -409,7 +424,8 @@ class MovieGenTransformer(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
-        self.patch_embed = PatchEmbed(args.in_channels, args.dim, args.patch_size)
+        self.patch_embed = PatchEmbed(args.in_channels, args.dim, args.patch_size,
+                                      args.cond_channels)
         self.pos_embed = PositionEmbedding(args.dim, args.max_t, args.max_h, args.max_w)
         self.time_embed = TimeEmbedding(args.dim, args.time_freq_dim)
         self.text_proj = nn.ModuleDict({name: TextProjection(k, args.dim)
@@ -486,10 +502,32 @@ class MovieGenTransformer(nn.Module):
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1)  # (B, L, D), (B, L)
 
     # -- forward ------------------------------------------------------------
-    def forward(self, x_BCTHW, t_B, text_embeds: dict, text_masks: dict):
-        """Velocity prediction for latents x at flow time t, conditioned on text."""
+    def with_condition(self, x_BCTHW, cond_BCTHW=None):
+        """[noisy latent, conditioning latent, mask] along channels (Emu Video's form);
+        the conditioning is all zeros when none is given. Before patchify, hence before
+        any sequence split: tensor and context parallelism see one input as before."""
+        n = self.args.cond_channels
+        if n == 0:
+            if cond_BCTHW is not None:
+                raise ValueError("this model takes no conditioning (model.cond_channels=0); "
+                                 "pass cond_BCTHW=None or use a conditioned model")
+            return x_BCTHW
+        if cond_BCTHW is None:
+            cond_BCTHW = x_BCTHW.new_zeros((x_BCTHW.shape[0], n, *x_BCTHW.shape[2:]))
+        elif cond_BCTHW.shape[1] != n or cond_BCTHW.shape[2:] != x_BCTHW.shape[2:] \
+                or cond_BCTHW.shape[0] != x_BCTHW.shape[0]:
+            raise ValueError(f"conditioning of shape {tuple(cond_BCTHW.shape)} does not fit "
+                             f"latents {tuple(x_BCTHW.shape)}: expected [B, {n}, T, H, W] "
+                             f"(the conditioning latent and a mask channel; "
+                             f"moviegen.conditioning.make_condition builds it)")
+        return torch.cat([x_BCTHW, cond_BCTHW.to(x_BCTHW.dtype)], dim=1)
+
+    def forward(self, x_BCTHW, t_B, text_embeds: dict, text_masks: dict, cond_BCTHW=None):
+        """Velocity prediction for latents x at flow time t, conditioned on text and, for
+        a model with ``cond_channels``, on ``cond_BCTHW`` [B, C + 1, T, H, W] (None: no
+        frame given)."""
         grid = self.patch_grid(x_BCTHW.shape[1:])
-        x = self.patch_embed(x_BCTHW)  # (B, S, D)
+        x = self.patch_embed(self.with_condition(x_BCTHW, cond_BCTHW))  # (B, S, D)
         c_BD, mod_B6D = self.time_embed(t_B)
         text_BLD, text_mask_BL = self.embed_text(text_embeds, text_masks)
         for block in self.blocks.values():
@@ -548,8 +586,17 @@ def resize_position_tables(model: MovieGenTransformer, max_t: int, max_h: int, m
 def adapt_stage_state_dict(state: dict, model: MovieGenTransformer,
                            mode: str = "interpolate") -> dict:
     """A checkpoint of an earlier stage -> this model's table sizes (the trainer calls
-    this when ``train.init_from`` names weights with smaller position tables)."""
+    this when ``train.init_from`` names weights with smaller position tables) and input
+    channels (a text-to-video export gets zero conditioning weights)."""
     out = dict(state)
+    key = "patch_embed.proj.weight"
+    want = model.args.in_channels + model.args.cond_channels
+    if key in out and out[key].shape[1] < want:
+        # a text-to-video export into a conditioned model: the conditioning channels
+        # start at zero, so the model computes exactly what the export computed
+        w = out[key]
+        pad = w.new_zeros((w.shape[0], want - w.shape[1], *w.shape[2:]))
+        out[key] = torch.cat([w, pad], dim=1)
     for key, attr in POSITION_KEYS.items():
         if key in out:
             target = getattr(model.args, attr)

@@ -7,7 +7,9 @@ this file says only what is particular to the Movie Gen transformer:
   data       moviegen.data.sources.build_data (synthetic latents, video files, precomputed)
   step       t ~ logit-normal, x_t = t x1 + (1 - (1 - s) t) x0, MSE to the velocity over
              the global batch; t, noise and caption dropout per sample from (seed, step,
-             index in the global batch), never from the rank
+             index in the global batch), never from the rank; with train.tasks, each
+             sample's task, given frames and conditioning noise the same way
+             (moviegen.conditioning), the loss over the frames it must generate
   validate   the same loss on the held-out split with fixed t and noise
   export     consolidated weights (+ EMA) in <output_dir>/final for moviegen.sample
 """
@@ -20,6 +22,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from moviegen.conditioning import training_condition, uses_conditioning
 from moviegen.data.sources import (build_data, build_pixel_encoder, latent_grids,
                                    per_rank_batch)
 from moviegen.flow import (flow_matching_loss, interpolate, per_sample_draws, sample_seed,
@@ -30,6 +33,7 @@ from moviegen.models.transformer import (MovieGenTransformer, adapt_stage_state_
                                          init_unit, resolve_model_args)
 from moviegen.training.distributed import check_layout
 from moviegen.training.export import export_inference
+from moviegen.training.optim import freeze_all_but
 from moviegen.training.trainer import Trainer
 from parallel.parallelize import parallelize
 from parallel.state import (gather_full_state_dict, init_shards, load_full_state_dict,
@@ -64,6 +68,13 @@ class DiffusionTrainer(Trainer):
         # meta -> parallelize (TP, CP, AC, compile, FSDP) -> materialise -> init
         with torch.device("meta"):
             model = MovieGenTransformer(self.model_args)
+        # frozen before sharding: FSDP2 then reduce-scatters no gradient for them
+        trainable = freeze_all_but(model, cfg.train.trainable)
+        if cfg.train.trainable and self.is_main:
+            n_all = sum(p.numel() for p in model.parameters())
+            n_train = sum(p.numel() for n, p in model.named_parameters() if n in trainable)
+            logger.info("train.trainable: %d of %d parameters train (%d tensors)",
+                        n_train, n_all, len(trainable))
         self.parallel = parallelize(model, self.dims, self.mesh, cfg.parallel,
                                     self.device.type)
         model.to_empty(device=self.device)
@@ -124,16 +135,22 @@ class DiffusionTrainer(Trainer):
             masks = {k: m & keep[:, None] for k, m in masks.items()}
         t, x0 = t.to(self.device), x0.to(device=self.device, dtype=x1.dtype)
         sigma = self.cfg.flow.sigma_min
-        return interpolate(x0, x1, t, sigma), t, target_velocity(x0, x1, sigma), embeds, masks
+        cond = loss_mask = None
+        if uses_conditioning(self.cfg.train.tasks):  # task, mask, noise level per sample
+            cond, loss_mask, _ = training_condition(x1, seeds, self.cfg.train)
+            loss_mask = loss_mask[:, None, :, None, None]  # (B, 1, T, 1, 1)
+        return (interpolate(x0, x1, t, sigma), t, target_velocity(x0, x1, sigma), embeds,
+                masks, cond, loss_mask)
 
-    def forward_sums(self, x_t, t, target, embeds, masks):
-        """(sum of squared errors, element count) of this rank's samples."""
+    def forward_sums(self, x_t, t, target, embeds, masks, cond=None, loss_mask=None):
+        """(sum of squared errors, element count) of this rank's samples; with conditioning
+        tasks only the frames each sample must generate count (``loss_mask``)."""
         with self.autocast():
-            pred = self.model(x_t, t, embeds, masks)
-        return flow_matching_loss(pred, target)
+            pred = self.model(x_t, t, embeds, masks, cond)
+        return flow_matching_loss(pred, target, loss_mask)
 
-    def forward_loss(self, x_t, t, target, embeds, masks):
-        sum_sq, count = self.forward_sums(x_t, t, target, embeds, masks)
+    def forward_loss(self, *inputs):
+        sum_sq, count = self.forward_sums(*inputs)
         return sum_sq / count
 
     def forward_backward(self, batch: dict):

@@ -27,6 +27,37 @@ def decays(name: str, p: torch.Tensor) -> bool:
     return not (p.ndim < 2 or "pos_embed" in name or "modulation" in name)
 
 
+def match_trainable(names: list[str], patterns: list[str]) -> set[str]:
+    """The parameter names that match any glob pattern (``fnmatch``: ``*`` also crosses
+    dots); a pattern that matches nothing is an error, so a typo cannot freeze the model."""
+    import fnmatch
+
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"pattern {pattern!r} matches no parameter (names look like "
+                             f"'{names[-1]}'; top-level parts: {', '.join(tops)})")
+        chosen.update(hits)
+    return chosen
+
+
+def freeze_all_but(model: torch.nn.Module, patterns: list[str]) -> set[str]:
+    """requires_grad=False on every parameter outside ``patterns`` (empty: all train).
+
+    Applied to the plain model before it is sharded: FSDP2 then reduce-scatters no
+    gradient for a frozen parameter and the optimizer (built over requires_grad
+    parameters) keeps no state for it. Returns the trainable names."""
+    names = [n for n, _ in model.named_parameters()]
+    if not patterns:
+        return set(names)
+    chosen = match_trainable(names, patterns)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in chosen)
+    return chosen
+
+
 def build_optimizer(model: torch.nn.Module, train_cfg, device: torch.device):
     """(AdamW, LambdaLR) over the trainable parameters.
 
