@@ -150,7 +150,8 @@ def generate(sampler: Sampler, tae, req: Request) -> Result:
             z = encode(tae, up, h * UPSAMPLE_FACTOR, w * UPSAMPLE_FACTOR)
             given = z.expand(B, -1, -1, -1, -1)
             mask = torch.ones(B, given.shape[2], dtype=torch.bool)
-            latents = sampler.clip(req.prompts, given.shape[1:], g, given, mask)
+            latents = sampler.clip(req.prompts, given.shape[1:], g, given, mask,
+                                   frames_known=False)
     joins = []
     if req.num_extensions:
         k = req.context_frames or max(1, T // 2)

@@ -9,7 +9,8 @@ guidance included, ``text_velocity``). Three ways to make a clip agree with give
 
   explicit      a model trained with conditioning channels (``model.cond_channels``; Emu
                 Video's image-to-video, Movie Gen's spatial upsampler) sees [given latents,
-                zero elsewhere; mask] beside the noisy latent (``cond_BCTHW``).
+                zero elsewhere; mask] beside the noisy latent (``cond_BCTHW``); given
+                frames of the clip itself also stay on their flow path, as in training.
   replacement   a model that never saw conditioning: before every Euler step the given
                 frames of x_t are overwritten with the given latents taken along the same
                 path with the same noise, x_t = t x1 + (1 - (1 - s) t) x0 (the baseline of
@@ -131,26 +132,32 @@ def _frames(mask_BT: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def denoise(velocity: Velocity, x0: torch.Tensor, schedule: torch.Tensor,
             given: Optional[torch.Tensor] = None, mask_BT: Optional[torch.Tensor] = None,
             method: str = "explicit", weight: float = 0.0, sigma_min: float = 1e-5,
-            make_condition: Optional[Callable] = None, paste: bool = True) -> torch.Tensor:
+            make_condition: Optional[Callable] = None, frames_known: bool = True
+            ) -> torch.Tensor:
     """Euler solve from the noise ``x0`` with the latent frames ``mask_BT`` of ``given``
     known (see the module docstring for ``method``). ``make_condition(given, mask_BT)``
-    builds the conditioning channels for "explicit". ``paste``: the given frames of the
-    result are the given latents themselves (they are known exactly)."""
+    builds the conditioning channels for "explicit".
+
+    ``frames_known``: the given latents are the clip's own frames (image-to-video,
+    extension, interpolation), so every method keeps them on their flow path during the
+    solve (where a conditioned model saw them in training: its loss leaves them out) and
+    returns them exactly. False (spatial upsampling): they are the conditioning only."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if given is None:
         return euler_sample(lambda x, t: velocity(x, t), x0, schedule)
+    cond = make_condition(given, mask_BT) if method == "explicit" else None
+    if not frames_known:
+        if method != "explicit":
+            raise ValueError(f"{method} needs given frames of the clip itself")
+        return euler_sample(lambda x, t: velocity(x, t, cond), x0, schedule)
     m = _frames(mask_BT, x0)
-    if method == "explicit":
-        cond = make_condition(given, mask_BT)
-        x = euler_sample(lambda x, t: velocity(x, t, cond), x0, schedule)
-    else:
-        x = _replacement_solve(velocity, x0, schedule, given, m,
-                               weight if method == "reconstruction_guidance" else 0.0, sigma_min)
-    return torch.where(m, given.to(x.dtype), x) if paste else x
+    x = _replacement_solve(velocity, x0, schedule, given, m, cond,
+                           weight if method == "reconstruction_guidance" else 0.0, sigma_min)
+    return torch.where(m, given.to(x.dtype), x)
 
 
-def _replacement_solve(velocity, x0, schedule, given, m, weight, sigma_min):
+def _replacement_solve(velocity, x0, schedule, given, m, cond, weight, sigma_min):
     from moviegen.flow import interpolate
 
     x, a = x0, 1 - sigma_min
@@ -160,11 +167,11 @@ def _replacement_solve(velocity, x0, schedule, given, m, weight, sigma_min):
         x = torch.where(m, interpolate(x0, given, t_B, sigma_min).to(x.dtype), x)
         if weight == 0:
             with torch.no_grad():
-                v = velocity(x, t_B)
+                v = velocity(x, t_B, cond)
         else:
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)
-                v = velocity(xg, t_B)
+                v = velocity(xg, t_B, cond)
                 err = ((x1_prediction(xg, v, t_B, sigma_min) - given) * m).pow(2).sum()
                 (g,) = torch.autograd.grad(err, xg)
             # x1_b moves by -(w t / 2) g; v = (x1 - a x) / (1 - a t) moves by that / (1 - a t)
@@ -218,8 +225,9 @@ class Sampler:
         window_starts(self.window + 1, self.window, self.overlap)  # checks the pair
 
     def clip(self, prompts: list[str], shape_CTHW, generator: torch.Generator,
-             given=None, mask_BT=None) -> torch.Tensor:
-        """Latents [B, *shape_CTHW] for the prompts (B = len(prompts))."""
+             given=None, mask_BT=None, frames_known: bool = True) -> torch.Tensor:
+        """Latents [B, *shape_CTHW] for the prompts (B = len(prompts)), agreeing with
+        the latent frames ``mask_BT`` of ``given`` when given (see ``denoise``)."""
         velocity = sliding_window(text_velocity(self.model, self.encoders, prompts,
                                                 self.cfg.data.fps, self.scale),
                                   self.window, self.overlap)
@@ -238,11 +246,8 @@ class Sampler:
             return velocity(x, t_B, cond_BCTHW)
 
         try:
-            # explicit conditioning generates every frame; the sampler-side methods know
-            # the given frames exactly
             return denoise(counted, x0, self.schedule, given, mask_BT, self.method,
-                           self.weight, self.cfg.flow.sigma_min, make_condition,
-                           paste=self.method != "explicit")
+                           self.weight, self.cfg.flow.sigma_min, make_condition, frames_known)
         finally:
             bar.close()
 

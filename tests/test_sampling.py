@@ -133,7 +133,7 @@ def test_reconstruction_guidance_step_matches_a_hand_derived_gradient():
     given, mask = _given(T, k, (1, 1, T, 1, 1))
     x0 = torch.randn(1, 1, T, 1, 1, generator=g)
     sched = torch.tensor([t0, t1])
-    out = denoise(v, x0, sched, given, mask, "reconstruction_guidance", w, SIGMA, paste=False)
+    out = denoise(v, x0, sched, given, mask, "reconstruction_guidance", w, SIGMA)
 
     a = 1 - SIGMA
     x = x0.clone().flatten()
@@ -143,8 +143,8 @@ def test_reconstruction_guidance_step_matches_a_hand_derived_gradient():
     grad = 2 * (1 - a * t0) * M[:k].T @ (x1[:k] - given.flatten()[:k])
     step = vel - (w * t0 / 2) * grad / (1 - a * t0)
     ref = x + (t1 - t0) * step
-    ref[:k] = x[:k] + (t1 - t0) * vel[:k]  # the given frames take the plain step
-    torch.testing.assert_close(out.flatten(), ref)
+    torch.testing.assert_close(out.flatten()[k:], ref[k:])
+    assert torch.equal(out.flatten()[:k], given.flatten()[:k])  # the given frames, exactly
 
 
 def test_reconstruction_guidance_pulls_the_reconstruction_towards_the_given_frames():
@@ -166,7 +166,7 @@ def test_reconstruction_guidance_pulls_the_reconstruction_towards_the_given_fram
     assert (gui[:, :, 1:] - 2).abs().max() < 0.5 * (rep[:, :, 1:] - 2).abs().max()
 
 
-def test_explicit_conditioning_passes_the_condition_and_generates_every_frame():
+def test_explicit_conditioning_passes_the_condition_and_keeps_known_frames_on_their_path():
     given, mask = _given()
     calls = []
 
@@ -175,15 +175,27 @@ def test_explicit_conditioning_passes_the_condition_and_generates_every_frame():
                           given_BT[:, None, :, None, None].expand_as(latents[:, :1]).float()], 1)
 
     def v(x, t_B, cond_BCTHW=None):
-        calls.append(cond_BCTHW)
+        calls.append((x.clone(), t_B, cond_BCTHW))
         return -x
 
     x0 = torch.randn_like(given)
-    out = denoise(v, x0, linear_quadratic_schedule(4, 100), given, mask, "explicit",
-                  make_condition=make_condition, paste=False)
-    assert len(calls) == 4 and all(c.shape == (1, 3, 6, 3, 3) for c in calls)
-    assert torch.equal(calls[0][:, :2, :2], given[:, :, :2]) and (calls[0][:, :2, 2:] == 0).all()
-    assert not torch.equal(out[:, :, :2], given[:, :, :2])
+    sched = linear_quadratic_schedule(4, 100)
+    out = denoise(v, x0, sched, given, mask, "explicit", make_condition=make_condition)
+    assert len(calls) == 4 and all(c.shape == (1, 3, 6, 3, 3) for _, _, c in calls)
+    cond = calls[0][2]
+    assert torch.equal(cond[:, :2, :2], given[:, :, :2]) and (cond[:, :2, 2:] == 0).all()
+    for x, t, _ in calls:  # the given frames where training put them: on their path
+        torch.testing.assert_close(x[:, :, :2], interpolate(x0, given, t, SIGMA)[:, :, :2])
+    assert torch.equal(out[:, :, :2], given[:, :, :2])
+    # the upsampler's conditioning is not the clip's frames: every frame is generated
+    calls.clear()
+    full = torch.ones_like(mask)
+    out = denoise(v, x0, sched, given, full, "explicit", make_condition=make_condition,
+                  frames_known=False)
+    assert torch.equal(calls[0][0], x0) and (calls[0][2][:, 2] == 1).all()
+    torch.testing.assert_close(out, denoise(v, x0, sched))  # -x ignores the condition
+    with pytest.raises(ValueError, match="replacement"):
+        denoise(v, x0, sched, given, full, "replacement", frames_known=False)
 
 
 def test_extend_conditions_each_clip_on_the_end_of_the_video_so_far():
