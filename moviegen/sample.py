@@ -178,6 +178,9 @@ def _check_conditioning(a: SampleArgs, cfg, clip_frames: int, window: int) -> st
     n_ext = a.num_extensions if a.num_extensions is not None else int(task == "extend")
     needs_given = task != "t2v" or n_ext > 0
     cond_channels = getattr(cfg.model, "cond_channels", 0)
+    if task == "upsample" and not cond_channels:
+        raise ConfigError("checkpoint: --task upsample needs an upsampler (a model trained "
+                          "with conditioning channels)", key="checkpoint")
     if needs_given and a.reconstruction_guidance is None and not cond_channels:
         what = f"--task {task}" if task != "t2v" else "--num_extensions"
         raise ConfigError(
@@ -185,9 +188,6 @@ def _check_conditioning(a: SampleArgs, cfg, clip_frames: int, window: int) -> st
             f"trained for text-to-video only), so {what} cannot condition it explicitly; pass "
             f"--reconstruction_guidance W to condition it at sampling time (0 = replacement)",
             key="checkpoint")
-    if task == "upsample" and not cond_channels:
-        raise ConfigError("checkpoint: --task upsample needs an upsampler (a model trained "
-                          "with conditioning channels)", key="checkpoint")
     k = a.context_frames or max(1, clip_frames // 2)
     check(not n_ext or k < clip_frames, "context_frames",
           f"{k} must be fewer than the {clip_frames} latent frames of a clip")
