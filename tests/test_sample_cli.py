@@ -81,6 +81,15 @@ def test_image_to_video_and_extension_with_a_conditioned_model(exports, tmp_path
                "interpolate", "--output", out)
     assert r.returncode == 0, r.stderr[-3000:]
     assert frames(out) == 28
+    # 2x spatial upsampling: the 16 px input, bilinear to 32 px, encoded, given whole
+    out = tmp_path / "up.webm"
+    r = sample("--checkpoint", exports["cond"], "--video", exports["video"], "--task",
+               "upsample", "--output", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from moviegen.data.video_io import probe_video
+
+    info = probe_video(str(out))
+    assert (info["frames"], info["width"], info["height"]) == (16, 32, 32)
 
 
 def test_text_to_video_model_is_conditioned_at_sampling_time(exports, tmp_path):
