@@ -13,10 +13,17 @@ same calls as ``python -m moviegen.sample`` (moviegen.generation):
           ``consecutive_psnr_db`` (neighbouring frames elsewhere), the track, the motion
           of the whole result
 and a strip of frames of each as one PNG (``conditioned.png``).
+
+The demo runs it as its stage 6; on its own it measures the transformer of an existing
+demo directory again (writing <output_dir>/conditioned*, the results in conditioned.json):
+
+    python -m moviegen.demo_conditioned --output_dir runs/demo
 """
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -146,3 +153,39 @@ def stage_conditioned(out: str, prompt: str, palette: tuple[str, ...], seed: int
          f"each new clip)", _row(ext, every, joins)),
     ])
     return {"i2v": result_i2v, "extend": result_ext, "strip": strip}
+
+
+@dataclass
+class ConditionedArgs:
+    output_dir: str = "runs/demo"
+    """A demo directory with transformer/final (trained with the conditioning tasks)."""
+    seed: int = 0
+    """Noise seed."""
+
+    def validate(self) -> None:
+        from moviegen.config import check
+
+        final = os.path.join(self.output_dir, "transformer", "final")
+        check(os.path.isfile(os.path.join(final, "config.yaml")), "output_dir",
+              f"no demo transformer export in '{final}' (run python -m moviegen.demo first)")
+
+
+def run(a: ConditionedArgs) -> dict:
+    from moviegen.demo import DEMO_COLORS, PROMPT
+
+    result = stage_conditioned(a.output_dir, PROMPT, DEMO_COLORS, a.seed)
+    with open(os.path.join(a.output_dir, "conditioned.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "track_xy"}
+                      if isinstance(v, dict) else v for k, v in result.items()}, indent=1))
+    return result
+
+
+def main(argv=None) -> dict:
+    from moviegen.config import run_cli
+
+    return run_cli(run, ConditionedArgs, argv, __doc__, config_file=False)
+
+
+if __name__ == "__main__":
+    main()
