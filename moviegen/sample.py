@@ -105,6 +105,12 @@ class SampleArgs:
     def resolved_task(self) -> str:
         return self.task or ("i2v" if self.image else "extend" if self.video else "t2v")
 
+    @property
+    def extensions(self) -> int:
+        if self.num_extensions is not None:
+            return self.num_extensions
+        return int(self.resolved_task == "extend")
+
     def validate(self) -> None:
         ext = os.path.splitext(self.output)[1].lower()
         check(ext in VIDEO_EXTS + (".pt",), "output",
@@ -174,8 +180,7 @@ def _check_decoder(a: SampleArgs, cfg, channels: int) -> Optional[str]:
 
 def _check_conditioning(a: SampleArgs, cfg, clip_frames: int, window: int) -> str:
     """The conditioning method for this model and task, or a one-line error."""
-    task = a.resolved_task
-    n_ext = a.num_extensions if a.num_extensions is not None else int(task == "extend")
+    task, n_ext = a.resolved_task, a.extensions
     needs_given = task != "t2v" or n_ext > 0
     cond_channels = getattr(cfg.model, "cond_channels", 0)
     if task == "upsample" and not cond_channels:
@@ -191,6 +196,9 @@ def _check_conditioning(a: SampleArgs, cfg, clip_frames: int, window: int) -> st
     k = a.context_frames or max(1, clip_frames // 2)
     check(not n_ext or k < clip_frames, "context_frames",
           f"{k} must be fewer than the {clip_frames} latent frames of a clip")
+    table = cfg.model.max_latent_frames * cfg.model.patch_size[0]
+    check(window <= table, "window_frames", f"{window} is longer than the model's temporal "
+          f"position table ({table} latent frames)")
     check(a.window_overlap is None or a.window_overlap < window, "window_overlap",
           f"{a.window_overlap} must be fewer than the window's {window} latent frames")
     return "explicit" if a.reconstruction_guidance is None else (
@@ -223,10 +231,9 @@ def run(a: SampleArgs):
                       a.reconstruction_guidance or 0.0, window, a.window_overlap, a.device,
                       progress=True)
     task = a.resolved_task
-    n_ext = a.num_extensions if a.num_extensions is not None else int(task == "extend")
     result = generate_task(sampler, tae, Request(
-        a.prompt, task, a.image, a.video, shape, n_ext, a.context_frames, a.keyframe_every,
-        a.seed))
+        a.prompt, task, a.image, a.video, shape, a.extensions, a.context_frames,
+        a.keyframe_every, a.seed))
     latents = result.latents
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
     if not a.output.lower().endswith(VIDEO_EXTS):

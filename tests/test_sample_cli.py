@@ -122,6 +122,7 @@ def test_bad_inputs_fail_before_sampling_with_one_line(exports, tmp_path):
         (["--video", exports["video"], "--task", "upsample"], "checkpoint:", "upsampler"),
         (["--video", exports["video"], "--context_frames", 4, "--reconstruction_guidance", 0],
          "context_frames:", "fewer"),
+        (["--window_frames", 9], "window_frames:", "position table"),
     ]
     for args, *expected in cases:
         r = sample("--checkpoint", ck, "--output", out, *args, timeout=120)
