@@ -152,21 +152,66 @@ def uses_conditioning(tasks: dict[str, float]) -> bool:
     return any(p > 0 for k, p in normalized_tasks(tasks).items() if k != "t2v")
 
 
-def training_condition(x1_BCTHW: torch.Tensor, seeds: list[int], train_cfg):
+def image_latents(pixels_BCTHW: torch.Tensor, encode) -> torch.Tensor:
+    """[B, C, 1, H, W]: each clip's first pixel frame encoded on its own (an image is a
+    one-frame video to the TAE): what image-to-video is given at sampling time."""
+    with torch.no_grad():
+        return encode(pixels_BCTHW[:, :, :1])
+
+
+def low_resolution_latents(x1_BCTHW, draws: list[TaskDraw], pixels_BCTHW=None,
+                           encode=None, pixels_per_latent: int = 1) -> torch.Tensor:
+    """The upsample samples' conditioning latents (other samples keep x1).
+
+    With the training pixels and their encoder (data.kind=video), Movie Gen's way: each
+    frame downsampled 2x, bilinearly upsampled back, blurred, then encoded. Without pixels
+    (precomputed or synthetic latents, no encoder in the loop) the same degradation in
+    latent space: 2x average pooling, bilinear back, blur."""
+    out = x1_BCTHW.clone()
+    idx = [b for b, d in enumerate(draws) if d.task == "upsample"]
+    if not idx:
+        return out
+    if pixels_BCTHW is not None:
+        low = downsample_upsample(pixels_BCTHW[idx])
+        low = torch.stack([gaussian_blur(low[i], draws[b].blur_sigma * pixels_per_latent)
+                           for i, b in enumerate(idx)])
+        with torch.no_grad():
+            out[idx] = encode(low).to(out.dtype)
+        return out
+    low = downsample_upsample(x1_BCTHW[idx])
+    out[idx] = torch.stack([gaussian_blur(low[i], draws[b].blur_sigma)
+                            for i, b in enumerate(idx)])
+    return out
+
+
+def training_condition(x1_BCTHW: torch.Tensor, seeds: list[int], train_cfg,
+                       pixels_BCTHW=None, encode=None, pixels_per_latent: int = 1,
+                       image_latents_BC1HW=None):
     """(cond [B, C + 1, T, H, W], loss mask [B, T] bool, task names) for clean latents x1.
 
     Each sample's task, degradation and augmentation noise come from its seed alone. The
     loss mask covers the frames the model must generate: every frame except the given
-    ones of frame tasks (unless train.loss_on_given_frames); upsample generates all."""
+    ones of frame tasks (unless train.loss_on_given_frames); upsample generates all.
+    ``pixels_BCTHW`` and ``encode`` (the frozen pixel encoder) make the upsample input
+    from pixels; see ``low_resolution_latents``.
+
+    i2v with ``image_latents_BC1HW`` (the first pixel frame encoded on its own, as an
+    image): that latent is what is given, as it will be at sampling time from a still
+    image. Our TAE pads symmetrically in time, so a video's latent frame 0 summarises
+    several pixel frames and differs from it: latent frame 0 must then still be generated
+    and stays in the loss. Without image latents (synthetic latents) the video's own latent
+    frame 0 is given and left out of the loss, like extend's frames."""
     B, C, T = x1_BCTHW.shape[:3]
     draws = [draw_task(s, T, train_cfg) for s in seeds]
     given = torch.stack([d.given_T for d in draws]).to(x1_BCTHW.device)
-    latents = x1_BCTHW
-    if any(d.task == "upsample" for d in draws):
-        low = downsample_upsample(x1_BCTHW)
-        is_up = [d.task == "upsample" for d in draws]
-        latents = torch.stack([gaussian_blur(low[b], draws[b].blur_sigma) if is_up[b]
-                               else x1_BCTHW[b] for b in range(B)])
+    latents = low_resolution_latents(x1_BCTHW, draws, pixels_BCTHW, encode,
+                                     pixels_per_latent)
+    from_image = torch.zeros(B, dtype=torch.bool, device=x1_BCTHW.device)
+    if image_latents_BC1HW is not None:
+        for b, d in enumerate(draws):
+            if d.task == "i2v":
+                latents[b, :, 0] = image_latents_BC1HW[b, :, 0].to(latents)
+                from_image[b] = True
     noise = torch.empty(x1_BCTHW.shape)
     for b, seed in enumerate(seeds):  # its own stream, so t and x0 stay as without tasks
         noise[b] = torch.randn(x1_BCTHW.shape[1:], generator=torch.Generator().manual_seed(
@@ -178,5 +223,30 @@ def training_condition(x1_BCTHW: torch.Tensor, seeds: list[int], train_cfg):
     loss_on_given = getattr(train_cfg, "loss_on_given_frames", False)
     frame_task = torch.tensor([d.task in FRAME_TASKS for d in draws],
                               device=x1_BCTHW.device)[:, None]
-    loss_mask = ~(given & frame_task) if not loss_on_given else torch.ones_like(given)
+    exact = given & frame_task & ~from_image[:, None]  # given frames equal to x1's
+    loss_mask = ~exact if not loss_on_given else torch.ones_like(given)
     return cond, loss_mask, [d.task for d in draws]
+
+
+# --------------------------------------------------------------------------- config rules
+def check_tasks(cfg, grids) -> None:
+    """train.tasks against the model and the data shapes (``JobConfig.validate``, before
+    any process group): conditioning channels present, even latent frames for a 2x
+    upsampler, extend leaving frames to generate."""
+    from moviegen.config.core import check
+
+    tasks = normalized_tasks(cfg.train.tasks)
+    if uses_conditioning(cfg.train.tasks):
+        check(cfg.model.cond_channels == cfg.model.in_channels + 1, "model.cond_channels",
+              f"train.tasks {sorted(tasks)} give the model conditioning frames, but "
+              f"model.cond_channels is {cfg.model.cond_channels}: set it to "
+              f"model.in_channels + 1 = {cfg.model.in_channels + 1}")
+    for name, T, H, W in grids:
+        if "upsample" in tasks:
+            check(H % 2 == 0 and W % 2 == 0, "train.tasks.upsample",
+                  f"data '{name}' gives {H}x{W} latent frames, which a 2x spatial upsampler "
+                  f"cannot halve (use even latent heights and widths)")
+        if "extend" in tasks and cfg.train.extend_frames and T > 1:
+            check(cfg.train.extend_frames < T, "train.extend_frames",
+                  f"{cfg.train.extend_frames} given latent frames leave none to generate "
+                  f"in data '{name}' ({T} latent frames)")

@@ -44,3 +44,18 @@ def test_torchrun_script_prints_usage_without_config():
     out = subprocess.run([os.path.join(ROOT, "launch", "torchrun.sh")], capture_output=True,
                          text=True)
     assert out.returncode == 2 and "CONFIG" in out.stdout
+
+
+def test_upsampler_configs_validate():
+    """The Movie Gen-sized spatial upsampler validates with its layout; the tiny one is
+    the same stage at CPU size (it trains in tests/test_conditioning.py)."""
+    cfg = load_config(os.path.join(CONFIGS, "upsampler_movie_gen.yaml"))
+    assert cfg.model.name == "7b" and cfg.model.cond_channels == cfg.model.in_channels + 1
+    assert cfg.train.tasks == {"upsample": 1.0}
+    dims = job_layout(cfg, 1024)
+    assert (dims.dp_shard, dims.cp, dims.tp) == (128, 2, 4)
+    d, (pt, ph, pw) = cfg.data, cfg.model.patch_size
+    assert (d.latent_frames // pt) * (d.latent_height // ph) * (d.latent_width // pw) == 114240
+    tiny = load_config(os.path.join(CONFIGS, "upsampler_tiny.yaml"))
+    assert tiny.train.tasks == {"upsample": 1.0} and tiny.model.cond_channels == 17
+    assert job_layout(tiny, 1).world_size == 1

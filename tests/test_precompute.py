@@ -84,3 +84,29 @@ def test_trainer_reads_precomputed_shards(setup, tmp_path):
 def test_precompute_needs_a_destination():
     with pytest.raises(SystemExit):
         precompute.main(["--config", "launch/configs/tiny.yaml"])
+
+
+def test_shards_carry_first_frame_latents_for_image_to_video(setup, tmp_path):
+    """Each shard holds its clips' first frames encoded alone (the TAE's latent of the
+    image image-to-video is given); an i2v run on precomputed latents uses them."""
+    root, overrides, tae = setup
+    if not (root / "latents" / "index.json").exists():
+        precompute.main(["--config", "launch/configs/tiny.yaml", *overrides])
+    batch = next(PrecomputedLoader(str(root / "latents"), "train", 2, 0, 1, seed=0))
+    first, lat = batch["first_frame_latents"], batch["latents"]
+    assert first.shape == (lat.shape[0], lat.shape[1], 1, *lat.shape[3:])
+    # not the video's latent frame 0: the TAE pads symmetrically in time, so that one
+    # mixes several pixel frames
+    assert torch.isfinite(first).all() and not torch.allclose(first, lat[:, :, :1], atol=1e-3)
+    C = tae.latent_channels
+    cfg = load_config("launch/configs/tiny.yaml", [
+        *overrides, "--data.kind=precomputed", "--train.steps=2", "--train.log_every=1",
+        "--train.val_every=1000", "--train.progress_bar=false", f"--output_dir={tmp_path}",
+        f"--model.cond_channels={C + 1}", "--train.tasks={i2v: 1.0}"])
+    trainer = Trainer(cfg)
+    inputs = trainer.prepare_batch(next(trainer.train_data), "train", 0, drop_text=False)
+    cond, loss_mask = inputs[5], inputs[6]
+    assert cond.shape[1] == C + 1 and loss_mask.all()  # frame 0 is generated too
+    assert torch.count_nonzero(cond[:, :, 1:]) == 0 and (cond[:, C, 0] == 1).all()
+    trainer.fit()
+    assert len([r for r in read_metrics(str(tmp_path)) if "loss" in r]) == 2

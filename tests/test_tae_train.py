@@ -95,7 +95,9 @@ def test_cli_help_and_config_errors(capsys, tmp_path):
     for override, needle in (("--data.height=30", "data.height"),
                              ("--tae.temporal_compression=8", "tae.temporal_compression"),
                              ("--loss.perceptual_weight=0.1", "perceptual_weights"),
-                             ("--parallel.tp=2", "parallel.tp")):
+                             ("--parallel.tp=2", "parallel.tp"),
+                             ("--train.trainable=[\"encoder.*\"]",
+                              "train.trainable: applies to the transformer")):
         with pytest.raises(ConfigError, match=needle):
             load_config(TAE_YAML, [f"--output_dir={tmp_path}", override], cls=TAEJobConfig)
     with pytest.raises(SystemExit) as info:  # the CLI: one line, exit 2, nothing written

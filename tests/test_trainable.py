@@ -96,3 +96,55 @@ def test_a_pattern_that_matches_nothing_is_a_config_error(tmp_path):
                                           "none to generate"):
         _cfg(tmp_path, "--train.tasks={extend: 1.0}", "--model.cond_channels=17",
              "--train.extend_frames=4")
+
+
+def _fsdp_finetune(rank, world, runs, export):
+    """Spawn target: fine-tune runs (output_dir, steps) on FSDP 2 in turn; each run's
+    logged losses (rank 0) and whether its frozen weights kept the export's values."""
+    import torch.distributed as dist
+    from parallel.state import gather_full_state_dict, model_tensors
+
+    out = []
+    for output_dir, steps in runs:
+        trainer = DiffusionTrainer(_cfg(output_dir, f"--train.steps={steps}",
+                                        f"--train.init_from={export}",
+                                        "--model.cond_channels=17",
+                                        "--train.tasks={interpolate: 1.0}", TRAINABLE,
+                                        "--train.grad_clip=0.005", "--parallel.dp_shard=2",
+                                        "--data.global_batch_size=4"))
+        # no gradient reduce-scatter for a frozen parameter: after backward it has no grad
+        position = trainer.train_data.state_dict()
+        trainer.forward_backward(next(trainer.train_data))
+        frozen_grads = [n for n, p in trainer.model.named_parameters()
+                        if not p.requires_grad and p.grad is not None]
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.train_data.load_state_dict(position)  # fit() sees the same batches
+        trainer.fit()
+        full = gather_full_state_dict(model_tensors(trainer.model), rank == 0)
+        losses = [r["loss"] for r in read_metrics(str(output_dir)) if "loss" in r]
+        out.append((losses, frozen_grads, full))
+        trainer.ckpt.close()
+        dist.barrier()
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_frozen_parameters_on_fsdp2_train_and_resume_like_one_process(t2v_export, tmp_path):
+    """FSDP 2 with frozen parameters: no gradient for them, the losses of one process, and
+    a run stopped at step 2 and resumed (optimizer state of the trainable parameters
+    only, from a sharded checkpoint) logs the losses of an uninterrupted one."""
+    from dist_helpers import spawn
+
+    one = _finetune(tmp_path / "one", t2v_export, 4, "--data.global_batch_size=4")
+    ref = [r["loss"] for r in read_metrics(str(tmp_path / "one")) if "loss" in r]
+    start = load_file(os.path.join(t2v_export, "model.safetensors"))
+    runs = [(str(tmp_path / "fsdp"), 4), (str(tmp_path / "resumed"), 2),
+            (str(tmp_path / "resumed"), 4)]
+    (straight, part, resumed) = spawn(_fsdp_finetune, 2, 280, runs, t2v_export)[0]
+    assert straight[1] == [] and resumed[1] == []
+    assert straight[0] == pytest.approx(ref, rel=1e-5)
+    assert resumed[0][-2:] == pytest.approx(ref[-2:], rel=1e-5) and len(part[0]) == 2
+    trained = {n for n, p in one.model.named_parameters() if p.requires_grad}
+    for name, value in resumed[2].items():
+        if name not in trained:
+            assert torch.equal(value, start[name]), f"frozen {name} moved"

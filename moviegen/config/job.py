@@ -289,7 +289,7 @@ class TrainConfig:
     """Captions to sample during training (with train.sample_every)."""
     tasks: dict[str, float] = field(default_factory=dict)
     """Probability of each training task per sample, e.g. {t2v: 0.5, i2v: 0.3, extend:
-    0.2}: t2v (text only), i2v (latent frame 0 given), extend (the first k latent frames),
+    0.2}: t2v (text only), i2v (the first frame, encoded as an image, given at latent frame 0), extend (the first k latent frames),
     interpolate (every n-th latent frame), upsample (a 2x-degraded copy of every frame).
     Empty: t2v only. Any task but t2v needs model.cond_channels = model.in_channels + 1."""
     extend_frames: int = 0
@@ -301,7 +301,8 @@ class TrainConfig:
     become (1 - a) latent + a noise with a uniform in [0, this]; 0 disables."""
     upsample_blur_max: float = 1.0
     """Degradation of the upsample task's low-resolution input: a Gaussian blur with sigma
-    uniform in [0, this] latent pixels (plus the conditioning noise above)."""
+    uniform in [0, this] latent pixels (on video pixels: times the spatial compression),
+    plus the conditioning noise above."""
     loss_on_given_frames: bool = False
     """Count the given frames of i2v/extend/interpolate in the loss too. Off: the loss
     covers only the frames the model must generate (a sampler keeps the given frames on
@@ -483,45 +484,11 @@ class JobConfig:
         grids = latent_grids(self)
         for name, T, H, W in grids:
             self.model.patch_grid_fits(name, T, H, W)
-        self._check_tasks(grids)
-        self._check_trainable()
+        from moviegen.conditioning import check_tasks
+        from moviegen.training.optim import check_trainable
 
-    def _check_tasks(self, grids) -> None:
-        from moviegen.conditioning import normalized_tasks, uses_conditioning
-
-        tasks = normalized_tasks(self.train.tasks)
-        if uses_conditioning(self.train.tasks):
-            check(self.model.cond_channels == self.model.in_channels + 1,
-                  "model.cond_channels", f"train.tasks {sorted(tasks)} give the model "
-                  f"conditioning frames, but model.cond_channels is "
-                  f"{self.model.cond_channels}: set it to model.in_channels + 1 = "
-                  f"{self.model.in_channels + 1}")
-        for name, T, H, W in grids:
-            if "upsample" in tasks:
-                check(H % 2 == 0 and W % 2 == 0, "train.tasks.upsample",
-                      f"data '{name}' gives {H}x{W} latent frames, which a 2x spatial "
-                      f"upsampler cannot halve (use even latent heights and widths)")
-            if "extend" in tasks and self.train.extend_frames and T > 1:
-                check(self.train.extend_frames < T, "train.extend_frames",
-                      f"{self.train.extend_frames} given latent frames leave none to "
-                      f"generate in data '{name}' ({T} latent frames)")
-
-    def _check_trainable(self) -> None:
-        """Every train.trainable pattern names at least one parameter (on a meta model)."""
-        if not self.train.trainable:
-            return
-        import torch
-
-        from moviegen.models.transformer import MovieGenTransformer, resolve_model_args
-        from moviegen.training.optim import match_trainable
-
-        args = resolve_model_args(self.model, {e.name: 8 for e in self.text.encoders})
-        with torch.device("meta"):
-            names = [n for n, _ in MovieGenTransformer(args).named_parameters()]
-        try:
-            match_trainable(names, self.train.trainable)
-        except ValueError as e:
-            raise ConfigError(f"train.trainable: {e}", key="train.trainable") from None
+        check_tasks(self, grids)
+        check_trainable(self)
 
 
 def _tae_latent_channels(tae_dir: str) -> int:

@@ -133,6 +133,9 @@ class TAEJobConfig:
                   f"{getattr(self.data, k)} is not divisible by the spatial compression {cs}")
         check(self.parallel.tp == 1 and self.parallel.cp == 1, "parallel.tp",
               "the TAE trains with FSDP only (parallel.tp and parallel.cp must be 1)")
+        for key in ("tasks", "trainable"):  # the transformer's keys in the shared section
+            check(not getattr(self.train, key), f"train.{key}",
+                  "applies to the transformer (python -m moviegen.train), not the TAE; unset it")
         if self.train.init_from is not None:
             check(os.path.isfile(os.path.join(self.train.init_from, "tae.safetensors")),
                   "train.init_from", f"no tae.safetensors in '{self.train.init_from}' (give "

@@ -1,6 +1,9 @@
 """Precomputed TAE latents + text embeddings: the shard format, its writer and its loader.
 
-    <dir>/train/r<rank>_b<batch>.safetensors   one loader batch (one bucket, one shape)
+    <dir>/train/r<rank>_b<batch>.safetensors   one loader batch (one bucket, one shape):
+                                               latents, first_frame_latents (each clip's
+                                               first frame encoded alone, image-to-video's
+                                               input), text.<slot>.emb/.mask
     <dir>/val/...
     <dir>/index.json                           shards, sample counts, shapes, encoders
 
@@ -81,8 +84,10 @@ def precompute_split(cfg, split: str, out_dir: str, rank: int, world: int, encod
         video = batch["video"].to(device)
         with torch.no_grad():
             latents = encoder.encode(video).float().cpu()
+            # the first frame alone, as image-to-video is given it (an image)
+            first = encoder.encode(video[:, :, :1]).float().cpu()
             embeds, masks = text_encoders.encode(batch["captions"])
-        tensors = {"latents": latents.contiguous()}
+        tensors = {"latents": latents.contiguous(), "first_frame_latents": first.contiguous()}
         for name in embeds:
             tensors[f"text.{name}.emb"] = embeds[name].float().cpu().contiguous()
             tensors[f"text.{name}.mask"] = masks[name].cpu().contiguous()
@@ -221,9 +226,13 @@ class PrecomputedLoader:
                   for n in names}
         masks = {n: torch.stack([sh[f"text.{n}.mask"][i] for sh, (_, i) in zip(shards, items)])
                  for n in names}
-        return {"latents": latents, "text_embeds": embeds, "text_masks": masks,
-                "captions": [sh["captions"][i] for sh, (_, i) in zip(shards, items)],
-                "index": torch.arange(lo, hi)}
+        out = {"latents": latents, "text_embeds": embeds, "text_masks": masks,
+               "captions": [sh["captions"][i] for sh, (_, i) in zip(shards, items)],
+               "index": torch.arange(lo, hi)}
+        if all("first_frame_latents" in sh for sh in shards):  # image-to-video's input
+            out["first_frame_latents"] = torch.stack(
+                [sh["first_frame_latents"][i] for sh, (_, i) in zip(shards, items)])
+        return out
 
     def state_dict(self) -> dict:
         """``batch_index`` counts global batches: the same position on any layout."""

@@ -22,7 +22,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from moviegen.conditioning import training_condition, uses_conditioning
+from moviegen.conditioning import (image_latents, normalized_tasks, training_condition,
+                                   uses_conditioning)
 from moviegen.data.sources import (build_data, build_pixel_encoder, latent_grids,
                                    per_rank_batch)
 from moviegen.flow import (flow_matching_loss, interpolate, per_sample_draws, sample_seed,
@@ -114,10 +115,12 @@ class DiffusionTrainer(Trainer):
 
         t, noise and caption dropout of a sample come from (train.seed, ``stream``,
         ``step``, its index in the global batch): the same numbers on any layout."""
+        pixels = None
         if "latents" in batch:
             x1 = batch["latents"].to(self.device, non_blocking=True)
         else:  # pixels from video files: encode with the frozen TAE (or random patches)
-            x1 = self.pixel_encoder.encode(batch["video"].to(self.device, non_blocking=True))
+            pixels = batch["video"].to(self.device, non_blocking=True)
+            x1 = self.pixel_encoder.encode(pixels)
         if "text_embeds" in batch:  # precomputed by python -m moviegen.precompute
             embeds = {k: v.to(self.device) for k, v in batch["text_embeds"].items()}
             masks = {k: v.to(self.device) for k, v in batch["text_masks"].items()}
@@ -137,7 +140,15 @@ class DiffusionTrainer(Trainer):
         sigma = self.cfg.flow.sigma_min
         cond = loss_mask = None
         if uses_conditioning(self.cfg.train.tasks):  # task, mask, noise level per sample
-            cond, loss_mask, _ = training_condition(x1, seeds, self.cfg.train)
+            encode = self.pixel_encoder.encode if pixels is not None else None
+            first = batch.get("first_frame_latents")  # precomputed (moviegen.precompute)
+            if first is not None:
+                first = first.to(self.device)
+            elif pixels is not None and "i2v" in normalized_tasks(self.cfg.train.tasks):
+                first = image_latents(pixels, encode)
+            cond, loss_mask, _ = training_condition(
+                x1, seeds, self.cfg.train, pixels, encode,
+                self.cfg.data.video.spatial_compression, first)
             loss_mask = loss_mask[:, None, :, None, None]  # (B, 1, T, 1, 1)
         return (interpolate(x0, x1, t, sigma), t, target_velocity(x0, x1, sigma), embeds,
                 masks, cond, loss_mask)

@@ -43,6 +43,23 @@ def match_trainable(names: list[str], patterns: list[str]) -> set[str]:
     return chosen
 
 
+def check_trainable(cfg) -> None:
+    """Every train.trainable pattern names a parameter of the configured model (built on
+    the meta device: no memory, no process group); a ConfigError naming the key if not."""
+    if not cfg.train.trainable:
+        return
+    from moviegen.config.core import ConfigError
+    from moviegen.models.transformer import MovieGenTransformer, resolve_model_args
+
+    args = resolve_model_args(cfg.model, {e.name: 8 for e in cfg.text.encoders})
+    with torch.device("meta"):
+        names = [n for n, _ in MovieGenTransformer(args).named_parameters()]
+    try:
+        match_trainable(names, cfg.train.trainable)
+    except ValueError as e:
+        raise ConfigError(f"train.trainable: {e}", key="train.trainable") from None
+
+
 def freeze_all_but(model: torch.nn.Module, patterns: list[str]) -> set[str]:
     """requires_grad=False on every parameter outside ``patterns`` (empty: all train).
 
