@@ -2,7 +2,7 @@
 
     task         given                                          result (latent frames)
     t2v          the prompt                                     one clip
-    i2v          an image: its latent is latent frame 0         one clip
+    i2v          an image, encoded alone, at latent frame 0     one clip
     extend       a video: its last K latent frames start        the video + N (T - K)
                  each of N new clips (Video Diffusion Models)
     interpolate  a video: its latent frames become every n-th   (t - 1) n + 1
@@ -128,7 +128,11 @@ def generate(sampler: Sampler, tae, req: Request) -> Result:
         given[:, :, :1] = z
         mask = torch.zeros(B, T, dtype=torch.bool)
         mask[:, 0] = True
-        latents = sampler.clip(req.prompts, (C, T, H, W), g, given, mask)
+        # a conditioned model was given the image's own latent, which differs from a
+        # video's latent frame 0 under a symmetric-padding TAE, and still generates that
+        # frame (moviegen.conditioning.training_condition); replacement has only the image
+        latents = sampler.clip(req.prompts, (C, T, H, W), g, given, mask,
+                               frames_known=sampler.method != "explicit")
     else:
         from moviegen.data.video_io import read_video
 

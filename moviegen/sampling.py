@@ -138,10 +138,11 @@ def denoise(velocity: Velocity, x0: torch.Tensor, schedule: torch.Tensor,
     known (see the module docstring for ``method``). ``make_condition(given, mask_BT)``
     builds the conditioning channels for "explicit".
 
-    ``frames_known``: the given latents are the clip's own frames (image-to-video,
-    extension, interpolation), so every method keeps them on their flow path during the
-    solve (where a conditioned model saw them in training: its loss leaves them out) and
-    returns them exactly. False (spatial upsampling): they are the conditioning only."""
+    ``frames_known``: the given latents are the clip's own frames (extension,
+    interpolation), so every method keeps them on their flow path during the solve (where
+    a conditioned model saw them in training: its loss leaves them out) and returns them
+    exactly. False: they are the conditioning only and every frame is generated (spatial
+    upsampling; image-to-video with a conditioned model, given the image's own latent)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if given is None:
