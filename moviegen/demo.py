@@ -16,7 +16,11 @@ wrote. Stages (each timed; the summary goes to <output_dir>/demo_summary.json):
                  (tiled), write .webm + .gif, and judge each (moviegen.judge): the
                  colour nearest to the shape's pixels (and that fraction), where the
                  shape goes frame by frame, and its outline (circle or square)
-  6. plot        the loss and PSNR curves as a PNG
+  6. conditioned the same transformer (trained with text-to-video, image-to-video and
+                 extension tasks) from the first frame of a clip of the held-out caption
+                 (image-to-video), and that clip extended to twice its length; judged
+                 like the samples, a strip of frames as a PNG (moviegen.demo_conditioned)
+  7. plot        the loss and PSNR curves as a PNG
 
 Threads: on a shared or busy machine use OMP_NUM_THREADS=1 (scripts/quickstart.sh
 sets it unless it is set): 2 threads fighting other processes for 2 cores ran the
@@ -175,6 +179,7 @@ STAGES = (
     ("precompute", "TAE latents + text embeddings of every clip", 10, 8),
     ("transformer", "train the flow-matching transformer, {steps} steps", 280, 15),
     ("sample", "generate 4 captions (one held out), decode, judge colour/motion/shape", 10, 10),
+    ("conditioned", "held-out caption from a first frame, and a clip of it extended 2x", 15, 10),
     ("plot", "loss and PSNR curves as a PNG", 3, 3),
 )
 
@@ -207,6 +212,13 @@ def _result(name: str, result, out: str) -> str:
     if name == "sample":
         ok = sum(s["ok"] for s in result["samples"])
         return f"{ok}/{len(result['samples'])} samples right in colour and motion"
+    if name == "conditioned":
+        i2v, ext = result["i2v"], result["extend"]
+        mark = lambda ok: "right" if ok else "WRONG"  # noqa: E731
+        return (f"i2v first frame {i2v['first_frame_psnr_db']:.1f} dB, motion "
+                f"{mark(i2v['moves_as_captioned'])}; extension {ext['frames_in']} -> "
+                f"{ext['frames_out']} frames, seam {ext['seam_psnr_db']:.1f} dB, motion "
+                f"{mark(ext['moves_as_captioned'])} -> {result['strip']}")
     return f"-> {result}"
 
 
@@ -238,6 +250,9 @@ def run(a: DemoArgs) -> dict:
     prompts = [PROMPT, "a red circle moves from left to right", "a blue square moves from right to left",
                "a green circle moves from top to bottom"]
     summary.update(timed("sample", stage_sample, out, prompts))
+    from moviegen.demo_conditioned import stage_conditioned
+
+    summary.update(timed("conditioned", stage_conditioned, out, PROMPT, DEMO_COLORS))
     png = os.path.join(out, "loss.png")
     timed("plot", plot_losses, out, png)
     times["total"] = round(time.perf_counter() - t_all, 1)
@@ -251,7 +266,8 @@ def run(a: DemoArgs) -> dict:
           f"colour {held['colour']['seen']} ({100 * held['colour']['fraction']:.0f}%), "
           f"motion {held['motion']['seen']} -> {'right' if held['ok'] else 'WRONG'}")
     print("[demo] wrote:")
-    for path in (*(s["video"] for s in summary["samples"]), png, summary_path,
+    for path in (*(s["video"] for s in summary["samples"]), summary["i2v"]["video"],
+                 summary["extend"]["video"], summary["strip"], png, summary_path,
                  os.path.join(out, "tae"), os.path.join(out, "transformer", "final")):
         print(f"[demo]   {path}")
     return summary

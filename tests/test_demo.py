@@ -21,7 +21,8 @@ def test_quick_demo_runs_every_stage_and_the_sampler_writes_playable_video(tmp_p
     stdout, stderr = r.stdout.decode(), r.stderr.decode()
     assert r.returncode == 0, stderr[-3000:]
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert set(summary["wall_times_s"]) >= {"data", "tae", "precompute", "transformer", "sample", "total"}
+    assert set(summary["wall_times_s"]) >= {"data", "tae", "precompute", "transformer", "sample",
+                                            "conditioned", "total"}
     assert summary["tae"]["psnr_db"] is not None
     assert summary["transformer"]["steps"] == 20
     assert (out / "loss.png").stat().st_size > 1000
@@ -34,12 +35,22 @@ def test_quick_demo_runs_every_stage_and_the_sampler_writes_playable_video(tmp_p
         assert s["colour"]["expected"] == s["prompt"].split()[1]
     # it narrates: the plan up front, a result line per stage, per-sample verdicts, the
     # paths; precompute is one line, not a JSON dump; no bar in a captured log
-    for i, stage in enumerate(("data", "tae", "precompute", "transformer", "sample", "plot"), 1):
-        assert f"[demo]   {i}. {stage}" in stdout and f"[demo {i}/6] {stage} done in" in stdout
+    stages = ("data", "tae", "precompute", "transformer", "sample", "conditioned", "plot")
+    for i, stage in enumerate(stages, 1):
+        assert f"[demo]   {i}. {stage}" in stdout and f"[demo {i}/7] {stage} done in" in stdout
     assert stdout.count("colour ") >= 4 and "motion " in stdout
     assert str(out / "demo_summary.json") in stdout
     assert '"written"' not in stdout and "precompute: train" in stdout
     assert "\r" not in stdout + stderr
+    # image-to-video and extension of a clip of the held-out caption, measured
+    i2v, ext = summary["i2v"], summary["extend"]
+    assert count_frames(i2v["video"]) == 16 and len(i2v["track_xy"]) == 16
+    assert np.isfinite(i2v["first_frame_psnr_db"]) and isinstance(i2v["moves_as_captioned"], bool)
+    assert ext["frames_in"] == 16 and ext["frames_out"] == 32 == count_frames(ext["video"])
+    assert len(ext["track_xy"]) == ext["frames_out"] and ext["joins"] == [16, 24]
+    assert np.isfinite(ext["seam_psnr_db"]) and isinstance(ext["moves_as_captioned"], bool)
+    assert (out / "conditioned.png").stat().st_size > 1000 and summary["strip"].endswith(".png")
+    assert "i2v from the held-out clip's first frame" in stdout and "seam" in stdout
     # the held-out pairing really is absent from the training data
     rows = [json.loads(l) for l in open(out / "data" / "manifest.jsonl")]
     assert not any("red" in r["caption"] and "from right to left" in r["caption"] for r in rows)

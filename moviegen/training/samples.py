@@ -39,7 +39,7 @@ def _decoder(tae_dir: str | None):
 def write_samples(trainer, writer, step: int) -> str | None:
     """Generates ``train.sample_prompts`` on every rank; rank 0 writes them. Returns the
     directory written (rank 0) or None."""
-    from moviegen.sample import generate
+    from moviegen.sampling import generate
 
     cfg = trainer.cfg
     prompts = cfg.train.sample_prompts
