@@ -39,16 +39,13 @@ from dataclasses import dataclass
 import torch
 
 from moviegen.config import run_cli
+from moviegen.data.synthetic import DEMO_COLORS, DEMO_HELD_OUT as HELD_OUT
+from moviegen.data.synthetic import DEMO_PROMPT as PROMPT, DEMO_SHAPES as SHAPES
 from moviegen.training.metrics import format_duration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAE_CONFIG = os.path.join(ROOT, "launch", "configs", "tae_tiny.yaml")
 DEMO_CONFIG = os.path.join(ROOT, "launch", "configs", "demo.yaml")
-
-DEMO_COLORS = ("red", "green", "blue", "yellow")
-SHAPES = ("circle", "square")
-HELD_OUT = ("red", "from right to left")  # never in training, in any shape
-PROMPT = f"a {HELD_OUT[0]} circle moves {HELD_OUT[1]}"
 
 FULL = dict(videos=240, tae_steps=800, steps=2000)
 QUICK = dict(videos=24, tae_steps=10, steps=20)

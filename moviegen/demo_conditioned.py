@@ -171,9 +171,9 @@ class ConditionedArgs:
 
 
 def run(a: ConditionedArgs) -> dict:
-    from moviegen.demo import DEMO_COLORS, PROMPT
+    from moviegen.data.synthetic import DEMO_COLORS, DEMO_PROMPT
 
-    result = stage_conditioned(a.output_dir, PROMPT, DEMO_COLORS, a.seed)
+    result = stage_conditioned(a.output_dir, DEMO_PROMPT, DEMO_COLORS, a.seed)
     with open(os.path.join(a.output_dir, "conditioned.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "track_xy"}
