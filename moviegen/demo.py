@@ -47,6 +47,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAE_CONFIG = os.path.join(ROOT, "launch", "configs", "tae_tiny.yaml")
 DEMO_CONFIG = os.path.join(ROOT, "launch", "configs", "demo.yaml")
 
+# the held-out caption, then three seen ones
+SAMPLE_PROMPTS = (PROMPT, "a red circle moves from left to right",
+                  "a blue square moves from right to left", "a green circle moves from top to bottom")
+
 FULL = dict(videos=240, tae_steps=800, steps=2000)
 QUICK = dict(videos=24, tae_steps=10, steps=20)
 
@@ -99,14 +103,14 @@ def stage_transformer(overrides: list[str]) -> dict:
             "dir": os.path.dirname(overrides[0].split("=", 1)[1]) + "/transformer"}
 
 
-def stage_sample(out: str, prompts: list[str]) -> dict:
+def stage_sample(out: str, prompts: list[str], seed: int = 0) -> dict:
     from moviegen.judge import judge, verdict_line
     from moviegen.sample import generate, write_videos
     from moviegen.training.export import default_latent_shape, load_inference
 
     final = os.path.join(out, "transformer", "final")
     model, cfg, encoders = load_inference(final)
-    latents = generate(model, encoders, cfg, prompts, default_latent_shape(final, cfg), seed=0,
+    latents = generate(model, encoders, cfg, prompts, default_latent_shape(final, cfg), seed=seed,
                        progress=True)
     results = []
     for prompt, (path, video) in zip(prompts, write_videos(
@@ -244,8 +248,7 @@ def run(a: DemoArgs) -> dict:
     overrides = job_overrides(out, manifest, size["steps"])
     summary["precompute"] = timed("precompute", stage_precompute, overrides)
     summary["transformer"] = timed("transformer", stage_transformer, overrides)
-    prompts = [PROMPT, "a red circle moves from left to right", "a blue square moves from right to left",
-               "a green circle moves from top to bottom"]
+    prompts = list(SAMPLE_PROMPTS)
     summary.update(timed("sample", stage_sample, out, prompts))
     from moviegen.demo_conditioned import stage_conditioned
 
