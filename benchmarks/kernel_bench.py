@@ -7,7 +7,7 @@ flash attention vs every available SDPA backend; forward, backward, forward+back
                                                  # float64 reference (bf16 cannot be checked on CPU)
     python benchmarks/kernel_bench.py --compile-only --arch sm_90a --output FILE.json
         # no GPU needed: every kernel x every autotune config built to a cubin for sm_90a;
-        # registers, spill bytes and shared memory per config (kernels/compile_report.py)
+        # registers, spill bytes and shared memory per config (moviegen/kernels/compile_report.py)
 
 Units: GB/s for the memory-bound kernels (bytes = each input read once + each output
 written once, user-visible tensors only), next to the device-to-device copy bandwidth
@@ -109,8 +109,8 @@ def time_passes(fwd, inputs):
 
 def memory_bound_cases(args, dtype):
     """Yields (op, shape_str, {impl: fn}, inputs, bytes_per_pass)."""
-    from kernels import reference
-    from kernels import modulation, pos_embed
+    from moviegen.kernels import reference
+    from moviegen.kernels import modulation, pos_embed
     ops = set(args.ops.split(","))
     S = 4096 if args.quick else args.tokens
     for D in [int(d) for d in args.dims.split(",")]:
@@ -204,7 +204,7 @@ def _deterministic(fn):
 
 
 def run_attention(args, dtype, rows):
-    from kernels.flash_attention import flash_attention
+    from moviegen.kernels.flash_attention import flash_attention
     ops = set(args.ops.split(","))
     E, H = 128, args.heads
     cases = []
@@ -248,8 +248,8 @@ def run_check(device: str = "cuda", dtypes=(torch.bfloat16, torch.float16), smal
     """bf16/fp16 outputs and gradients of every kernel vs the float64 reference on the GPU.
 
     (``small`` shrinks the shapes so tests can run this harness in the CPU interpreter.)"""
-    from kernels import modulation, pos_embed, reference
-    from kernels.flash_attention import flash_attention
+    from moviegen.kernels import modulation, pos_embed, reference
+    from moviegen.kernels.flash_attention import flash_attention
     # max |error| relative to max(1, max |reference|): bf16 keeps 8 mantissa bits, fp16 11
     tol = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 1e-4}
     failures, lines = 0, []
@@ -323,7 +323,7 @@ def run_check(device: str = "cuda", dtypes=(torch.bfloat16, torch.float16), smal
                     _deterministic(lambda q, k, v: flash_attention(q, k, v, mask)),
                     lambda q, k, v: reference.attention_reference(q, k, v, mask),
                     [r(Bq, H, Sq, E), r(Bq, H, Sk, E), r(Bq, H, Sk, E)])
-    import kernels.flash_attention as fa
+    import moviegen.kernels.flash_attention as fa
     lines.append(f"TMA forward used where eligible: {fa._use_tma(torch.empty(16, 16, device=dev))} "
                  f"(classes that fell back after an error: {sorted(map(str, fa._TMA_FAILED))})")
     print("\n".join(lines))
@@ -387,7 +387,7 @@ def summary(rows) -> list[str]:
 def run_compile_only(args) -> int:
     """Needs TRITON_INTERPRET unset/0 (set before the kernel modules import triton)."""
     import triton
-    from kernels import compile_report
+    from moviegen.kernels import compile_report
     rows, bad = [], 0
     for case in compile_report.all_cases(subset=args.subset):
         row = compile_report.compile_case(case, args.arch)

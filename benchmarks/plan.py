@@ -12,7 +12,7 @@ is applied under a fake process group of --world ranks (torch's "fake" backend:
 collectives are no-ops, meshes and DTensors are real). Parameter, gradient and AdamW
 bytes per rank are read from the local shards (rank 0, the largest FSDP shard); mixed
 precision as on GPUs (fp32 master weights, grads and Adam states; bf16 compute; fp32
-reduce-scatter). Activations come from parallel/memory_model.py, whose per-mode
+reduce-scatter). Activations come from moviegen/parallel/memory_model.py, whose per-mode
 prediction tests/test_memory_model.py checks against the peak measured on TP 2 x CP 2
 (gloo, CPU). AC "budget" recomputes the fewest leading blocks fully (the rest selective)
 that make the layout fit. ``python -m moviegen.info`` uses the same functions.
@@ -61,7 +61,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from moviegen.planning import cp_kv_ranks, grid_for, model_args_for, sharded_model  # noqa: E402
-from parallel.memory_model import (GB, Shape, comm_bytes_per_rank, fake_world,  # noqa: E402
+from moviegen.parallel.memory_model import (GB, Shape, comm_bytes_per_rank, fake_world,  # noqa: E402
                                    full_blocks_for_budget, layout_dims, layout_memory,
                                    recompute_fraction, sharded_state_bytes,
                                    state_and_buffers_gb)
@@ -301,7 +301,7 @@ def main(argv=None):
     with open(a.output[:-len(".json")] + ".md", "w") as f:
         f.write(f"# {title}\n\n`{command}` on {meta['machine']}, torch {meta['torch']}: "
                 "sharded meta tensors on a fake process group plus the activation and step-time "
-                "models of parallel/memory_model.py; no GPU was used.\n\n")
+                "models of moviegen/parallel/memory_model.py; no GPU was used.\n\n")
         f.write("Best layout: " + (describe(top) if top else "none fits") + ".\n\n")
         if side:
             f.write("Side by side:\n\n" + "\n".join(side) + "\n\nAll layouts:\n\n")

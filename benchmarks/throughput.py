@@ -24,7 +24,7 @@ import platform
 import sys
 import time
 
-# the repo's packages, not this folder's kernels.py, must answer `import kernels`
+# the repository root first, so a checkout runs without being installed
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from moviegen.models.flops import device_peak_tflops, flops_per_sample  # noqa: E402
 from moviegen.training.metrics import max_memory_gb  # noqa: E402
 from moviegen.models.transformer import MODEL_REGISTRY, ModelArgs, MovieGenTransformer  # noqa: E402
-from parallel.activation_checkpoint import apply_activation_checkpointing  # noqa: E402
+from moviegen.parallel.activation_checkpoint import apply_activation_checkpointing  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -10,7 +10,7 @@ Parameters are counted from the module itself (no memory: meta device), with the
 text-encoder widths (UL2 4096, ByT5 1472, MetaCLIP 1024) for the large sizes. FLOPs per
 training sample follow moviegen.models.flops (forward + backward, recomputation not credited).
 ``memory_per_gpu`` (GB = 1e9 bytes) for the layout given by --world/--dp_replicate/--cp/
---tp/--ac, from the same memory model as benchmarks/plan.py (parallel/memory_model.py):
+--tp/--ac, from the same memory model as benchmarks/plan.py (moviegen/parallel/memory_model.py):
 the real ``parallelize`` on a fake process group of --world ranks, parameter/gradient/
 AdamW bytes read from rank 0's shards (fp32 master), the FSDP working set, and the
 activation peak for one sample per CP x TP group, and the context-parallel bytes per

@@ -1,5 +1,5 @@
 """A model size on a layout, without a GPU: parameters, FLOPs, tokens and the per-GPU
-memory of the one memory model (parallel/memory_model.py), as ``python -m moviegen.info``
+memory of the one memory model (moviegen/parallel/memory_model.py), as ``python -m moviegen.info``
 and ``benchmarks/plan.py`` report them.
 
 The model is built on the meta device and the real ``parallel.parallelize`` is applied
@@ -18,12 +18,12 @@ from moviegen.models.flops import flops_per_sample, tokens_for
 from moviegen.models.transformer import (DEFAULT_TEXT_DIMS, MODEL_REGISTRY, ModelArgs,
                                          MovieGenTransformer, count_parameters,
                                          effective_window)
-from parallel.context_parallel import window_exchange
-from parallel.memory_model import (GB, Shape, comm_bytes_per_rank, cp_block_bytes,
+from moviegen.parallel.context_parallel import window_exchange
+from moviegen.parallel.memory_model import (GB, Shape, comm_bytes_per_rank, cp_block_bytes,
                                    fake_world, layout_dims, layout_memory,
                                    sharded_state_bytes)
-from parallel.parallel_dims import LayoutError
-from parallel.parallelize import parallelize
+from moviegen.parallel.parallel_dims import LayoutError
+from moviegen.parallel.parallelize import parallelize
 
 
 def model_args_for(name: str, attention_pattern: str = "full", spatial_window=(16, 16),
@@ -59,7 +59,7 @@ def grid_for(args, seq_len: int, height: int = 768, width: int = 768) -> tuple[i
 
 
 def cp_kv_ranks(args, grid_thw, cp: int) -> list:
-    """Per block, what context parallel exchanges (parallel/memory_model.cp_block_bytes)."""
+    """Per block, what context parallel exchanges (moviegen/parallel/memory_model.cp_block_bytes)."""
     if args.attention_pattern == "full":
         return ["full"] * args.n_layers
     return [window_exchange(grid_thw, effective_window(args.block_window(i), grid_thw), cp)
@@ -163,7 +163,7 @@ def memory_per_gpu(name: str, seq_len: int, text_len: int, world: int, dp_replic
                    headroom: float = 0.9, window: dict | None = None) -> dict:
     """The same figures as benchmarks/plan.py for one layout: the real ``parallelize`` on a
     fake process group of ``world`` ranks, state from the sharded tensors, activations
-    from parallel/memory_model.py (GB = 1e9 bytes)."""
+    from moviegen/parallel/memory_model.py (GB = 1e9 bytes)."""
     if world % (dp_replicate * cp * tp):
         raise SystemExit(f"--world {world} is not divisible by dp_replicate x cp x tp "
                          f"= {dp_replicate * cp * tp}")

@@ -53,7 +53,7 @@ def step_per_mode(rank: int, world_size: int, modes: list[tuple[str, int]], layo
     from moviegen.config import ParallelConfig
     from moviegen.flow import flow_matching_loss
     from moviegen.models.transformer import MovieGenTransformer
-    from parallel.state import canonical_name
+    from moviegen.parallel.state import canonical_name
 
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:

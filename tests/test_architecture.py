@@ -1,14 +1,17 @@
 """The code's layout rules, checked on the source (every import counts, function-local
-ones too): no import cycle among moviegen, parallel and kernels; parallel/ and kernels/
-know nothing of moviegen (plans are applied from outside); test-only code lives under
-tests/; no file cites a document outside the repository; no class name is defined twice."""
+ones too): one import namespace (``moviegen``; nothing else at the top level of
+site-packages, so no other distribution can shadow or overwrite our code); no import
+cycle; ``moviegen.kernels`` imports nothing else of the project and ``moviegen.parallel``
+nothing but the kernels (plans are applied from outside the model, data and training
+code); test-only code lives under tests/; no file cites a document outside the
+repository; no class name is defined twice."""
 import ast
 import os
 import re
 from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("moviegen", "parallel", "kernels")
+PACKAGES = ("moviegen",)
 
 
 def _modules() -> dict[str, str]:
@@ -96,14 +99,45 @@ def test_no_import_cycles():
     assert _cycles(pruned) == []
 
 
-def test_parallel_and_kernels_know_nothing_of_moviegen():
+def _outside(graph, pkg: str, allowed: tuple[str, ...]) -> dict[str, list[str]]:
+    """Modules of ``pkg`` that import project modules outside ``allowed`` (the package
+    ``moviegen`` itself is only its version string and counts as allowed)."""
+    def ok(dep):
+        return dep == "moviegen" or any(dep == a or dep.startswith(a + ".") for a in allowed)
+    bad = {m: sorted(d for d in deps if not ok(d))
+           for m, deps in graph.items() if m == pkg or m.startswith(pkg + ".")}
+    return {m: d for m, d in bad.items() if d}
+
+
+def test_kernels_import_nothing_else_of_the_project():
+    assert _outside(_graph(), "moviegen.kernels", ("moviegen.kernels",)) == {}
+
+
+def test_parallel_imports_nothing_of_the_model_data_or_training_code():
+    assert _outside(_graph(), "moviegen.parallel",
+                    ("moviegen.parallel", "moviegen.kernels")) == {}
+
+
+def test_the_rules_above_can_fail():
+    """The checks see a forbidden import when there is one (guards against a walker that
+    silently finds no modules)."""
     graph = _graph()
-    bad = {m: sorted(d for d in deps if d.split(".")[0] == "moviegen")
-           for m, deps in graph.items() if m.split(".")[0] in ("parallel", "kernels")}
-    assert {m: d for m, d in bad.items() if d} == {}
-    kernels_on_parallel = {m: sorted(d for d in deps if d.startswith("parallel"))
-                           for m, deps in graph.items() if m.startswith("kernels")}
-    assert {m: d for m, d in kernels_on_parallel.items() if d} == {}
+    assert len([m for m in graph if m.startswith("moviegen.kernels.")]) >= 5
+    assert len([m for m in graph if m.startswith("moviegen.parallel.")]) >= 5
+    planted = dict(graph, **{"moviegen.kernels.x": {"moviegen.models.transformer"}})
+    assert _outside(planted, "moviegen.kernels", ("moviegen.kernels",)) == {
+        "moviegen.kernels.x": ["moviegen.models.transformer"]}
+
+
+def test_one_top_level_import_name():
+    """Only ``moviegen`` is a top-level package of the distribution, and the repository
+    root holds no other importable package that a checkout on sys.path would expose."""
+    setup_text = open(os.path.join(ROOT, "setup.py")).read()
+    assert re.search(r'find_packages\(include=\["moviegen", "moviegen\.\*"\]\)', setup_text)
+    top = sorted(e for e in os.listdir(ROOT)
+                 if (e.endswith(".py") and e != "setup.py")
+                 or os.path.isfile(os.path.join(ROOT, e, "__init__.py")))
+    assert top == ["moviegen"]
 
 
 def test_no_test_only_modules_in_the_packages():

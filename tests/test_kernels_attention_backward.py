@@ -15,9 +15,9 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed; the torch path is tested elsewhere")
 
-from kernels import reference  # noqa: E402
-import kernels.flash_attention as fa  # noqa: E402
-from kernels.flash_attention import flash_attention  # noqa: E402
+from moviegen.kernels import reference  # noqa: E402
+import moviegen.kernels.flash_attention as fa  # noqa: E402
+from moviegen.kernels.flash_attention import flash_attention  # noqa: E402
 from kernel_helpers import DEVICE, as_layout, assert_close, check_against_float64  # noqa: E402
 
 MODES = pytest.mark.parametrize("deterministic", [False, True], ids=["atomic_dq", "dq_pass"])

@@ -1,4 +1,4 @@
-"""kernels/autotune.py: a config that fails to build is dropped on its own, with a warning."""
+"""moviegen/kernels/autotune.py: a config that fails to build is dropped on its own, with a warning."""
 from kernel_helpers import select_triton_mode
 
 select_triton_mode()  # before triton is imported (kernels are decorated at import)
@@ -9,7 +9,7 @@ import torch  # noqa: E402
 triton = pytest.importorskip("triton", reason="triton is not installed")
 import triton.language as tl  # noqa: E402
 
-from kernels.autotune import autotune  # noqa: E402
+from moviegen.kernels.autotune import autotune  # noqa: E402
 from kernel_helpers import DEVICE, use_gpu  # noqa: E402
 
 

@@ -29,7 +29,7 @@ def report(tmp_path_factory):
 
 @pytest.mark.timeout(600)
 def test_subset_builds_without_errors_spills_or_too_much_shared_memory(report):
-    from kernels.compile_report import MAX_SHARED_BYTES, problems
+    from moviegen.kernels.compile_report import MAX_SHARED_BYTES, problems
     data, proc = report
     rows = data["rows"]
     kernels = {r["kernel"].split()[0] for r in rows}

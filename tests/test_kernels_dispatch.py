@@ -13,8 +13,8 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import choice, reference  # noqa: E402
+from moviegen import kernels  # noqa: E402
+from moviegen.kernels import choice, reference  # noqa: E402
 from kernel_helpers import DEVICE, use_gpu  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +39,7 @@ def test_import_without_triton_falls_back_to_torch():
     """With triton unimportable, `import kernels` works, auto -> torch, triton -> clear error."""
     code = (
         "import sys; sys.modules['triton'] = None\n"
-        "import torch, kernels\n"
+        "import torch\nfrom moviegen import kernels\n"
         "assert kernels.resolve_backend('auto', torch.device('cuda')) == 'torch'\n"
         "x = torch.randn(1, 2, 8)\n"
         "kernels.modulated_rms_norm(x, None, torch.randn(1, 8), torch.randn(1, 8))\n"
@@ -49,7 +49,7 @@ def test_import_without_triton_falls_back_to_torch():
         "    assert 'not installed' in str(e)\n"
         "else:\n"
         "    raise SystemExit('no error')\n"
-        "assert 'kernels.flash_attention' not in sys.modules\n"
+        "assert 'moviegen.kernels.flash_attention' not in sys.modules\n"
     )
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -90,7 +90,7 @@ def test_triton_and_torch_paths_agree():
 @pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
 def test_attention_auto_falls_back_for_unsupported_shapes(monkeypatch):
     """Under 'auto' a head dim the kernel lacks uses the reference; under 'triton' it raises."""
-    import kernels.dispatch as dispatch
+    import moviegen.kernels.dispatch as dispatch
     monkeypatch.setattr(dispatch, "resolve_backend",
                         lambda setting, device: "auto" if setting == "auto" else setting)
     q = torch.randn(1, 1, 4, 24, device=DEVICE)
@@ -104,9 +104,9 @@ def test_attention_auto_falls_back_for_unsupported_shapes(monkeypatch):
 def test_triton_path_compiles_without_graph_breaks():
     """The launchers are torch.library custom ops: torch.compile(fullgraph=True) traces the
     autograd Functions around them (forward and backward) and matches eager."""
-    from kernels.flash_attention import flash_attention
-    from kernels.modulation import gated_residual, modulated_rms_norm
-    from kernels.pos_embed import add_factorized_pos_embed
+    from moviegen.kernels.flash_attention import flash_attention
+    from moviegen.kernels.modulation import gated_residual, modulated_rms_norm
+    from moviegen.kernels.pos_embed import add_factorized_pos_embed
 
     B, S, D, H, E = 2, 6, 32, 2, 16
     x, h = _rand(B, S, D, seed=1), _rand(B, S, D, seed=2)
@@ -140,7 +140,7 @@ def test_triton_path_compiles_without_graph_breaks():
 @pytest.fixture
 def auto_on_this_device(monkeypatch, tmp_path):
     """'auto' resolved as on a CUDA machine, a fresh table and timing cache."""
-    import kernels.dispatch as dispatch
+    import moviegen.kernels.dispatch as dispatch
     monkeypatch.setattr(dispatch, "resolve_backend",
                         lambda setting, device: "auto" if setting == "auto" else setting)
     monkeypatch.setattr(choice, "_device_name", lambda device: "Test GPU")
@@ -172,7 +172,7 @@ def test_committed_table_is_valid_and_unmeasured_means_torch():
 
 @pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
 def test_auto_uses_torch_unless_the_table_says_triton(auto_on_this_device, monkeypatch):
-    import kernels.flash_attention as fa
+    import moviegen.kernels.flash_attention as fa
     calls = _count_calls(monkeypatch, fa, "flash_attention")
     q = torch.randn(1, 2, 8, 16, device=DEVICE)
     klass = choice.shape_class("attention", q, q, masked=False)
@@ -222,10 +222,10 @@ def test_failing_kernel_falls_back_with_one_warning(auto_on_this_device, monkeyp
 
 def test_auto_on_cuda_without_measurements_never_calls_a_kernel(auto_on_this_device, monkeypatch):
     """Every op under auto with an empty table runs the torch path (SDPA for attention)."""
-    import kernels.dispatch as dispatch
+    import moviegen.kernels.dispatch as dispatch
     monkeypatch.setattr(dispatch, "_triton", lambda module: (_ for _ in ()).throw(
         AssertionError(f"kernel module {module} used")) if module != "flash_attention"
-        else __import__("kernels.flash_attention", fromlist=["x"]))
+        else __import__("moviegen.kernels.flash_attention", fromlist=["x"]))
     x = torch.randn(1, 3, 8, device=DEVICE)
     v = torch.randn(1, 8, device=DEVICE)
     kernels.modulated_rms_norm(x, None, v, v, backend="auto")

@@ -1,4 +1,4 @@
-"""Triton flash attention (kernels/flash_attention.py) against the torch reference in
+"""Triton flash attention (moviegen/kernels/flash_attention.py) against the torch reference in
 float64: outputs, LSE and every gradient. With CUDA: compiled kernels in bf16/fp16/fp32;
 without: the Triton interpreter on CPU in fp32/fp16 (tests/kernel_helpers.py says why)."""
 import math
@@ -13,9 +13,9 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed; the torch path is tested elsewhere")
 
-from kernels import reference  # noqa: E402
-import kernels.flash_attention as fa  # noqa: E402
-from kernels.flash_attention import FlashAttention, flash_attention  # noqa: E402
+from moviegen.kernels import reference  # noqa: E402
+import moviegen.kernels.flash_attention as fa  # noqa: E402
+from moviegen.kernels.flash_attention import FlashAttention, flash_attention  # noqa: E402
 from kernel_helpers import (DEVICE, DTYPE_IDS, DTYPES, as_layout, assert_close,  # noqa: E402
                              check_against_float64)
 

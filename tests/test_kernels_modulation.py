@@ -1,4 +1,4 @@
-"""Triton adaLN kernels (kernels/modulation.py) against the torch reference in float64.
+"""Triton adaLN kernels (moviegen/kernels/modulation.py) against the torch reference in float64.
 
 With CUDA: compiled kernels in bf16/fp16/fp32. Without: the Triton interpreter on CPU in
 fp32/fp16 (tests/kernel_helpers.py says why).
@@ -12,8 +12,8 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed; the torch path is tested elsewhere")
 
-from kernels import reference  # noqa: E402
-from kernels.modulation import gated_residual, modulated_rms_norm  # noqa: E402
+from moviegen.kernels import reference  # noqa: E402
+from moviegen.kernels.modulation import gated_residual, modulated_rms_norm  # noqa: E402
 from kernel_helpers import (DEVICE, DTYPE_IDS, DTYPES, as_layout,  # noqa: E402
                              check_against_float64)
 

@@ -1,4 +1,4 @@
-"""Triton factorized position-embedding add (kernels/pos_embed.py) against the torch
+"""Triton factorized position-embedding add (moviegen/kernels/pos_embed.py) against the torch
 reference in float64. With CUDA: compiled kernels in bf16/fp16/fp32; without: the Triton
 interpreter on CPU in fp32/fp16 (tests/kernel_helpers.py says why)."""
 from kernel_helpers import select_triton_mode
@@ -10,8 +10,8 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed; the torch path is tested elsewhere")
 
-from kernels import reference  # noqa: E402
-from kernels.pos_embed import add_factorized_pos_embed  # noqa: E402
+from moviegen.kernels import reference  # noqa: E402
+from moviegen.kernels.pos_embed import add_factorized_pos_embed  # noqa: E402
 from kernel_helpers import (DEVICE, DTYPE_IDS, DTYPES, as_layout,  # noqa: E402
                              check_against_float64)
 

@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 
-from dist_helpers import launch_failure, spawn
+from dist_helpers import adamw_param_problems, launch_failure, spawn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "launch", "configs", "tiny.yaml")
@@ -36,7 +36,7 @@ def _initial_weights(rank, world, output_dir, layouts):
     from torch.distributed.tensor import DTensor
 
     from moviegen.training.diffusion import DiffusionTrainer
-    from parallel.state import canonical_name, gather_full_state_dict, model_tensors
+    from moviegen.parallel.state import canonical_name, gather_full_state_dict, model_tensors
 
     out = {}
     for i, layout in enumerate(layouts):
@@ -58,7 +58,7 @@ def _initial_weights(rank, world, output_dir, layouts):
 @pytest.mark.timeout(150)
 def test_initial_weights_equal_one_process_on_every_layout(tmp_path):
     from moviegen.training.diffusion import DiffusionTrainer
-    from parallel.state import gather_full_state_dict, model_tensors
+    from moviegen.parallel.state import gather_full_state_dict, model_tensors
 
     ref = gather_full_state_dict(model_tensors(
         DiffusionTrainer(tiny_cfg(str(tmp_path / "one"))).model), True)
@@ -242,7 +242,7 @@ def _train(rank, world, output_dir, layouts):
 
     from moviegen.training.diffusion import DiffusionTrainer
     from moviegen.training.metrics import read_metrics
-    from parallel.state import gather_full_state_dict, model_tensors
+    from moviegen.parallel.state import gather_full_state_dict, model_tensors
 
     out = {}
     for i, layout in enumerate(layouts):
@@ -263,8 +263,8 @@ def _assert_like_one_process(ref, results, expected: int):
     assert len(results[0]) == expected
     for layout, (losses, params) in results[0].items():
         assert losses == pytest.approx(ref_losses, rel=1e-5), layout
-        for k, v in ref_params.items():
-            assert torch.allclose(params[k], v, rtol=1e-4, atol=1e-5), f"{layout}: {k}"
+        # launch/configs/tiny.yaml: lr 2e-3 (warm-up, then cosine): at most 8e-3 over 4 steps
+        assert adamw_param_problems(params, ref_params, lr_sum=8e-3, what=layout) == []
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 Per AC mode (none, selective, full, and selective with the first two of four blocks
 full: the memory-budget mode) one fp32 training step of a small model: the peak of
 live activation memory measured by torch's MemTracker on every rank is within 10% of
-``parallel.memory_model.activation_peak_bytes``, and the loss and every gradient equal
+``moviegen.parallel.memory_model.activation_peak_bytes``, and the loss and every gradient equal
 the AC-none run's.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import memory_ranks  # noqa: E402
-from parallel.memory_model import (Shape, activation_peak_bytes, block_saved_bytes,  # noqa: E402
+from moviegen.parallel.memory_model import (Shape, activation_peak_bytes, block_saved_bytes,  # noqa: E402
                                    full_blocks_for_budget)
 from dist_helpers import spawn  # noqa: E402
 
@@ -88,7 +88,7 @@ def test_budget_mode_picks_fewest_full_blocks():
 
 def test_full_blocks_needs_selective():
     from moviegen.models.transformer import MovieGenTransformer
-    from parallel.activation_checkpoint import apply_activation_checkpointing
+    from moviegen.parallel.activation_checkpoint import apply_activation_checkpointing
     with torch.device("meta"):
         model = MovieGenTransformer(memory_ranks.model_args())
     with pytest.raises(ValueError, match="needs ac mode 'selective'"):

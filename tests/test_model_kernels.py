@@ -6,7 +6,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
+from moviegen import kernels  # noqa: E402
 from moviegen.models.transformer import ModelArgs, build_model  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")

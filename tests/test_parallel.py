@@ -18,8 +18,8 @@ import torch
 
 from moviegen.config import ConfigError, load_config
 from moviegen.training.diffusion import job_layout
-from parallel.parallel_dims import LayoutError, ParallelDims
-from parallel.tensor_parallel import BLOCK_TP_PLAN, is_sequence_parallel_param
+from moviegen.parallel.parallel_dims import LayoutError, ParallelDims
+from moviegen.parallel.tensor_parallel import BLOCK_TP_PLAN, is_sequence_parallel_param
 from dist_helpers import check_layouts, spawn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,3 +133,34 @@ def test_plan_covers_every_parameter():
         in_plan = name.startswith("blocks.") and name.split(".", 2)[2].rsplit(".", 1)[0] in tp_modules
         kinds = [in_plan, is_sequence_parallel_param(name), name.startswith("text_proj.")]
         assert sum(kinds) == 1, (name, kinds)
+
+
+def test_adamw_parameter_rule_passes_rounding_and_fails_a_wrong_step():
+    """The rule the layout tests compare parameters with: gradients that differ by fp32
+    summation order pass, even where AdamW turns a small gradient's relative error into a
+    visible step; a 1% wrong learning rate, or a shard stepped with another step's gradient
+    than the one recorded, does not."""
+    from dist_helpers import adamw_param_problems
+    torch.manual_seed(0)
+    init = {"w": torch.randn(64, 64)}
+    grads_ref = [{"w": torch.randn(64, 64) * 1e-3 * torch.rand(64, 64) ** 6} for _ in range(3)]
+    rounding = [{"w": g["w"] * (1 + 1e-6 * torch.randn(64, 64)) + 1e-10 * torch.randn(64, 64)}
+                for g in grads_ref]
+    off = [{"w": g["w"].clone()} for g in grads_ref]
+    off[1]["w"][:8] = grads_ref[0]["w"][:8]
+
+    def adamw(grads, lr):
+        p = torch.nn.Parameter(init["w"].clone())
+        opt = torch.optim.AdamW([p], lr=lr, weight_decay=0.01)
+        for g in grads:
+            p.grad = g["w"].clone()
+            opt.step()
+        return {"w": p.detach()}
+
+    ref = adamw(grads_ref, 1e-2)
+    kw = dict(lr_sum=3e-2, what="t", ref_grads=grads_ref, lr=1e-2)
+    assert adamw_param_problems(adamw(rounding, 1e-2), ref, grads=rounding, **kw) == []
+    assert adamw_param_problems(adamw(grads_ref, 1.01e-2), ref, grads=grads_ref, **kw) != []
+    assert adamw_param_problems(adamw(off, 1e-2), ref, grads=grads_ref, **kw) != []
+    # without gradients: the fraction rule
+    assert adamw_param_problems(adamw(grads_ref, 1.01e-2), ref, lr_sum=3e-2, what="t") != []

@@ -109,8 +109,8 @@ def _fsdp_worker(rank: int, world: int) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     from moviegen.models.tae import AxialAttention, ResBlock
-    from parallel.parallelize import apply_fsdp_units
-    from parallel.state import gather_full_state_dict, model_tensors
+    from moviegen.parallel.parallelize import apply_fsdp_units
+    from moviegen.parallel.state import gather_full_state_dict, model_tensors
 
     dist.init_process_group("gloo")
     cfg = TAEConfig(preset="tiny", base_channels=8, variational=False)

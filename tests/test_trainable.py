@@ -102,7 +102,7 @@ def _fsdp_finetune(rank, world, runs, export):
     """Spawn target: fine-tune runs (output_dir, steps) on FSDP 2 in turn; each run's
     logged losses (rank 0) and whether its frozen weights kept the export's values."""
     import torch.distributed as dist
-    from parallel.state import gather_full_state_dict, model_tensors
+    from moviegen.parallel.state import gather_full_state_dict, model_tensors
 
     out = []
     for output_dir, steps in runs:

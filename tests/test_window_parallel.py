@@ -53,7 +53,7 @@ def test_window_attention_layouts_match_one_process():
 
 
 def test_window_exchange_plan():
-    from parallel.context_parallel import window_exchange
+    from moviegen.parallel.context_parallel import window_exchange
     assert window_exchange((4, 4, 6), (1, 2, 3), 4) == 1       # spatial: nothing
     assert window_exchange((4, 4, 6), (2, 2, 3), 2) == 1       # windows inside a rank
     assert window_exchange((4, 4, 6), (2, 2, 3), 4) == 2       # pairs of ranks

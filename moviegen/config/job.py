@@ -375,7 +375,7 @@ class ParallelConfig:
     """FSDP gradient reduction dtype: fp32 or bf16."""
 
     def validate(self) -> None:
-        from parallel.activation_checkpoint import AC_MODES
+        from moviegen.parallel.activation_checkpoint import AC_MODES
 
         for k in ("dp_replicate", "cp", "tp"):
             check(getattr(self, k) >= 1, f"parallel.{k}", "must be >= 1")

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import kernels
+from moviegen import kernels
 
 # --------------------------------------------------------------------------- sizes
 MODEL_REGISTRY: dict[str, dict] = {
@@ -451,7 +451,7 @@ class MovieGenTransformer(nn.Module):
 
         With ``seed``, each unit draws from a CPU generator seeded by (seed, its name),
         so the result depends on nothing else (``init_unit``; the trainer builds the same
-        numbers shard by shard with ``parallel.state.init_shards``). Without, the units
+        numbers shard by shard with ``moviegen.parallel.state.init_shards``). Without, the units
         draw in turn from the global generator."""
         for prefix, unit in self.init_units():
             if seed is None:

@@ -55,7 +55,7 @@ from moviegen.training.checkpoint_files import (  # noqa: F401 - re-exported
     _fsync_dir, _rank_state_name, capture_rng_state, latest_checkpoint, list_checkpoints,
     read_metadata, replace_dir, restore_rng_state, step_dir_name, verify_checkpoint)
 
-from parallel.state import reshard_fsdp
+from moviegen.parallel.state import reshard_fsdp
 
 logger = logging.getLogger("moviegen.training.checkpoint")
 

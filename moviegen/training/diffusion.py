@@ -36,8 +36,8 @@ from moviegen.training.distributed import check_layout
 from moviegen.training.export import export_inference
 from moviegen.training.optim import freeze_all_but
 from moviegen.training.trainer import Trainer
-from parallel.parallelize import parallelize
-from parallel.state import (gather_full_state_dict, init_shards, load_full_state_dict,
+from moviegen.parallel.parallelize import parallelize
+from moviegen.parallel.state import (gather_full_state_dict, init_shards, load_full_state_dict,
                             model_tensors)
 
 logger = logging.getLogger("moviegen.training")

@@ -12,7 +12,7 @@ import os
 import torch
 
 from moviegen.config import ConfigError
-from parallel.parallel_dims import LayoutError, ParallelDims
+from moviegen.parallel.parallel_dims import LayoutError, ParallelDims
 
 
 def world_size() -> int:

@@ -19,7 +19,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
-from parallel.state import canonical_name, gather_full_state_dict, model_tensors
+from moviegen.parallel.state import canonical_name, gather_full_state_dict, model_tensors
 
 class EMA:
     def __init__(self, model: nn.Module, decay: float):

@@ -3,7 +3,7 @@
 The loop, checkpoints and exact resume, preemption, metrics, the non-finite guard and
 FSDP under torchrun are ``Trainer``'s; this file says only what is particular to the TAE:
   model      TAE (moviegen.models.tae), initialised whole, then FSDP2 over every residual
-             and attention block (parallel.parallelize.apply_fsdp_units)
+             and attention block (moviegen.parallel.parallelize.apply_fsdp_units)
   data       clips from a folder or manifest through moviegen.data's bucketed loader (bad
              files skipped and counted), cropped to data.height x data.width; every
              data.image_every-th step trains on single frames drawn from the step's clips
@@ -32,8 +32,8 @@ from moviegen.models.tae import (TAE, AxialAttention, ResBlock, kl_loss, outlier
 from moviegen.training.checkpoint import ModelState, OptimizerState
 from moviegen.training.distributed import check_layout
 from moviegen.training.trainer import Trainer
-from parallel.parallelize import apply_fsdp_units, resolve_param_dtype
-from parallel.state import gather_full_state_dict, model_tensors
+from moviegen.parallel.parallelize import apply_fsdp_units, resolve_param_dtype
+from moviegen.parallel.state import gather_full_state_dict, model_tensors
 
 logger = logging.getLogger("moviegen.training")
 _FORWARD_METHODS = ("encode", "encode_moments", "decode")

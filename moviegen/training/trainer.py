@@ -38,7 +38,7 @@ from moviegen.training.ema import EMA
 from moviegen.training.fault import NonFiniteGuard, StopRequest, agree_on_flags
 from moviegen.training.metrics import RunLog
 from moviegen.training.optim import build_optimizer
-from parallel.parallelize import clip_grad_norm_
+from moviegen.parallel.parallelize import clip_grad_norm_
 
 logger = logging.getLogger("moviegen.training")
 

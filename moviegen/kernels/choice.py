@@ -5,7 +5,7 @@ device; anything unmeasured uses torch (for attention that is SDPA, which picks 
 cuDNN / efficient itself), so ``auto`` is never slower than a plain PyTorch model.
 
 Measurements come from, in order:
-  1. ``kernels/choices.json``, committed, one entry per device name (torch.cuda
+  1. ``moviegen/kernels/choices.json``, committed, one entry per device name (torch.cuda
      get_device_name), op and shape class: {"NVIDIA H100 80GB HBM3": {"attention":
      {"bf16 E128 mask0 S65536 L65536": "triton"}}}. Empty until a GPU run fills it
      (``bash benchmarks/gpu_check.sh`` prints the measured winners).

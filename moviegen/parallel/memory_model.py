@@ -20,7 +20,7 @@ x32 and x32*rstd; the modulated norm also keeps its output for the (1+scale) mul
   selective  the block input and the three row-parallel results after their reduce-
              scatter (4 b s D), Q, K, V, cross Q and both attention outputs (6 b g Dt),
              text K, V, W1 and W3 outputs (2 b g Ft), two logsumexps; see
-             parallel/activation_checkpoint.py
+             moviegen/parallel/activation_checkpoint.py
 The peak is at the backward of the last block: the other blocks' saved tensors plus the
 last block rematerialised in full. Transient (every mode): the full [S, D] position
 table built before slicing its rows and the patch embedding's [S, D] output.
@@ -194,7 +194,7 @@ def fake_world(world: int):
 def layout_dims(world: int, tp: int, cp: int, dp_replicate: int = 1):
     from types import SimpleNamespace
 
-    from parallel.parallel_dims import ParallelDims
+    from moviegen.parallel.parallel_dims import ParallelDims
     return ParallelDims.from_config(SimpleNamespace(dp_replicate=dp_replicate, dp_shard=-1,
                                                     cp=cp, tp=tp), world)
 
@@ -225,7 +225,7 @@ def state_and_buffers_gb(static: dict) -> float:
 def cp_block_bytes(sh: Shape, kv_ranks) -> float:
     """Bytes one rank sends in one block's self-attention forward for context parallel.
 
-    ``kv_ranks`` (parallel.context_parallel.window_exchange): "full" = full attention,
+    ``kv_ranks`` (moviegen.parallel.context_parallel.window_exchange): "full" = full attention,
     all-gather K and V; 1 = windows on this rank's own frames, nothing; g = K and V of
     this rank's S/cp tokens sent to the g-1 other ranks of its window; None = the window
     fallback, all-gather Q, K and V. The backward sends as much again (reduce-scatter or

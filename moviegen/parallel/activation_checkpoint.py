@@ -14,7 +14,7 @@
              recompute with sequence parallelism (Korthikanti et al., 2022, "Reducing
              Activation Recomputation in Large Transformer Models").
   selective with ``full_blocks=k``: the first k blocks full, the rest selective; the
-             memory-budget mode (parallel/memory_model.py picks the smallest k that fits).
+             memory-budget mode (moviegen/parallel/memory_model.py picks the smallest k that fits).
 
 Applied by class swap (a subclass whose forward runs the original under
 ``torch.utils.checkpoint``), so parameter names do not change (no

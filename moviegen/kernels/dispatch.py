@@ -2,11 +2,11 @@
 
 The model setting ``kernels: auto | triton | torch`` is passed as ``backend``:
   auto    per op and shape class, the path measured fastest on this device
-          (kernels/choice.py); torch (SDPA for attention) wherever nothing was measured,
+          (moviegen/kernels/choice.py); torch (SDPA for attention) wherever nothing was measured,
           and torch on CPU. A kernel that fails to build or launch falls back to torch
           with one warning.
   triton  always Triton (on CPU only under TRITON_INTERPRET=1, else a clear error)
-  torch   always the torch reference (``kernels/reference.py``)
+  torch   always the torch reference (``moviegen/kernels/reference.py``)
 
 Both paths compute the same numbers within dtype tolerance. The ops are per token (norms,
 residuals, position adds on a sequence shard with its ``token_offset``) or per attention
@@ -93,7 +93,7 @@ def _leaves_of(out):
 
 
 def _triton(module: str):
-    return importlib.import_module(f"kernels.{module}")
+    return importlib.import_module(f"{__package__}.{module}")
 
 
 def modulated_rms_norm(x_BSD, weight_D, scale_BD, shift_BD, eps: float = 1e-6,

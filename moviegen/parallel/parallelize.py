@@ -24,10 +24,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from parallel.activation_checkpoint import apply_activation_checkpointing
-from parallel.context_parallel import apply_context_parallel
-from parallel.parallel_dims import ParallelDims
-from parallel.tensor_parallel import apply_tensor_parallel, reduce_sequence_parallel_grads
+from moviegen.parallel.activation_checkpoint import apply_activation_checkpointing
+from moviegen.parallel.context_parallel import apply_context_parallel
+from moviegen.parallel.parallel_dims import ParallelDims
+from moviegen.parallel.tensor_parallel import apply_tensor_parallel, reduce_sequence_parallel_grads
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

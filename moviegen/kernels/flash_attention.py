@@ -37,7 +37,7 @@ Block sizes are autotuned per (power-of-two bucket of S and L, E, mask) on the G
 config is used. On sm90+ (Hopper) the forward loads Q/K/V through TMA tensor descriptors
 (``_attn_fwd_tma_kernel``; MOVIEGEN_ATTN_TMA=0 turns it off, =1 forces it, e.g. in the
 interpreter); a config that fails to build is dropped from the tuning on its own
-(kernels/autotune.py), and if the TMA kernel cannot run at all for one (dtype, head dim,
+(moviegen/kernels/autotune.py), and if the TMA kernel cannot run at all for one (dtype, head dim,
 mask) class, that class uses the plain pointer kernel (which Triton software-pipelines,
 num_stages), with one warning. The backward kernels use pointer loads.
 

@@ -24,7 +24,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput,
                                                RowwiseParallel, parallelize_module)
 
-from parallel.state import canonical_name
+from moviegen.parallel.state import canonical_name
 
 # --------------------------------------------------------------------------- the plan
 # Module name inside a TransformerBlock -> style name. Read by apply_tensor_parallel and
