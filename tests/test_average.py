@@ -31,6 +31,7 @@ def runs(tmp_path_factory):
     return _run(d / "a", "--train.seed=1"), _run(d / "b", "--train.seed=2"), d
 
 
+@pytest.mark.slow
 def test_mean_of_two_exports_and_of_their_checkpoints(runs):
     a, b, d = runs
     wa, wb = (load_file(os.path.join(r, "final", "model.safetensors")) for r in (a, b))

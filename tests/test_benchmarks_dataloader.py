@@ -6,6 +6,9 @@ import sys
 
 import pytest
 
+# multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("pyarrow")
 
 

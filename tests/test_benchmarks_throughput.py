@@ -1,6 +1,10 @@
 import json
+import pytest
 import subprocess
 import sys
+
+# multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
+pytestmark = pytest.mark.slow
 
 
 def test_throughput_benchmark_runs_and_reports(tmp_path):

@@ -162,6 +162,7 @@ def _hang_then_die(output_dir, point, conn):
     run(output_dir, 20, "--checkpoint.every_steps=5")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("point", ["shards_written", "before_rename", "before_pointer"])
 def test_latest_never_names_a_partial_checkpoint(straight, tmp_path, point):

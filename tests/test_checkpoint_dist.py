@@ -31,6 +31,9 @@ from moviegen.training.checkpoint import ModelState, OptimizerState
 from moviegen.training.optim import build_optimizer
 from moviegen.training.trainer import TrainState
 
+# multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "launch", "configs", "tiny.yaml")
 BATCH = 8

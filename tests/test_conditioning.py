@@ -248,6 +248,7 @@ def test_upsampler_trains_from_video_files(tmp_path):
     assert len(rows) == 3 and all(r["loss"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(480)
 def test_tiny_upsampler_trains_on_cpu_and_uses_its_low_resolution_input(tmp_path):
     """python -m moviegen.train --config launch/configs/upsampler_tiny.yaml: the loss falls,

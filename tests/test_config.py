@@ -87,6 +87,7 @@ def test_every_field_has_a_docstring():
         assert not undocumented, undocumented
 
 
+@pytest.mark.slow
 def test_cli_config_error_exits_before_start(tmp_path):
     import subprocess
     import sys

@@ -9,6 +9,9 @@ import torch.distributed as dist
 from data_helpers import synthetic_dataset, tiny_config
 from dist_helpers import spawn
 
+# multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
+pytestmark = pytest.mark.slow
+
 WORLD, TP, STEPS = 4, 2, 5
 
 

@@ -56,6 +56,7 @@ def mixed_folder(d) -> dict:
     return files
 
 
+@pytest.mark.slow
 def test_mixed_codecs_go_through_prepare_into_training_skipping_nothing(tmp_path):
     files = mixed_folder(str(tmp_path / "media"))
     manifest = str(tmp_path / "manifest.jsonl")
@@ -157,6 +158,7 @@ def test_caption_not_utf8_is_named_and_the_manifest_is_written(tmp_path):
     assert captions == ["a square moves", "a square, from json"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_group_sigterm_during_a_pyav_fed_run_saves_and_exits_0(tmp_path):
     mixed_folder(str(tmp_path / "media"))

@@ -6,6 +6,9 @@ import sys
 import numpy as np
 import pytest
 
+# multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
+pytestmark = pytest.mark.slow
+
 av = pytest.importorskip("av")
 
 

@@ -19,6 +19,9 @@ from safetensors.torch import load_file
 
 from test_checkpoint_dist import ROOT, TINY, run_ranks
 
+# multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
+pytestmark = pytest.mark.slow
+
 WORLD = 2
 STEPS = 16
 COMMON = [f"--train.steps={STEPS}", "--train.log_every=1", "--train.val_every=1000",

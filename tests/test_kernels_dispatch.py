@@ -100,6 +100,7 @@ def test_attention_auto_falls_back_for_unsupported_shapes(monkeypatch):
         kernels.attention(q, q, q, backend="triton")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
 def test_triton_path_compiles_without_graph_breaks():
     """The launchers are torch.library custom ops: torch.compile(fullgraph=True) traces the

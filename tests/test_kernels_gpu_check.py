@@ -7,6 +7,9 @@ import subprocess
 
 import pytest
 
+# multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("triton", reason="triton is not installed")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

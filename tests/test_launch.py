@@ -8,6 +8,9 @@ import pytest
 from moviegen.config import load_config
 from moviegen.training.diffusion import job_layout
 
+# multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "launch", "configs")
 

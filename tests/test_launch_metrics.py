@@ -12,6 +12,9 @@ from moviegen.training.metrics import console_line
 from test_checkpoint import make_cfg
 from moviegen.training.diffusion import DiffusionTrainer as Trainer
 
+# multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
+pytestmark = pytest.mark.slow
+
 FIELDS = ("step", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s",
           "tflops_per_device", "mfu", "max_mem_gb", "data_wait_s", "fwd_bwd_s", "optimizer_s",
           "skipped_steps", "skipped_files")

@@ -18,6 +18,9 @@ import torch
 
 from dist_helpers import adamw_param_problems, launch_failure, spawn
 
+# multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "launch", "configs", "tiny.yaml")
 

@@ -35,6 +35,7 @@ def tp2_cp2():
     return spawn(memory_ranks.step_per_mode, 4, 280, MODES, {"tp": 2, "cp": 2})
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_measured_peak_within_10_percent_per_mode(tp2_cp2):
     sh = _shape(tp=2, cp=2)
@@ -49,6 +50,7 @@ def test_measured_peak_within_10_percent_per_mode(tp2_cp2):
     assert peaks[0] > peaks[1] > peaks[3] > peaks[2]  # none > selective > budget > full
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_losses_and_gradients_unchanged_by_ac(tp2_cp2):
     for per_mode in tp2_cp2:

@@ -32,6 +32,7 @@ def _assert_equal(report: list[dict], expected: int):
             assert not r["problems"], f"{layout}:\n" + "\n".join(r["problems"])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_world2_fsdp_tp_cp():
     report = spawn(check_layouts, 2, 140, [
@@ -42,6 +43,7 @@ def test_world2_fsdp_tp_cp():
     _assert_equal(report, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(200)
 def test_world4_hsdp_cp4_tp2cp2():
     report = spawn(check_layouts, 4, 190, [
@@ -52,6 +54,7 @@ def test_world4_hsdp_cp4_tp2cp2():
     _assert_equal(report, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_world8_fsdp2_tp2_cp2():
     report = spawn(check_layouts, 8, 230, [{"dp_shard": 2, "tp": 2, "cp": 2}])
@@ -83,6 +86,7 @@ def _invalid_on_every_rank(rank, world_size):
     return messages
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_invalid_layouts_same_error_on_every_rank_without_hanging():
     per_rank = spawn(_invalid_on_every_rank, 2, 50)
@@ -91,6 +95,7 @@ def test_invalid_layouts_same_error_on_every_rank_without_hanging():
         assert msg is not None and expected in msg, msg
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_torchrun_invalid_layout_exits_cleanly_on_every_rank():
     env = dict(os.environ, OMP_NUM_THREADS="1")

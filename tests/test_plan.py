@@ -68,6 +68,7 @@ def test_budget_mode_fits_where_selective_does_not(tmp_path):
     assert top is budget
 
 
+@pytest.mark.slow
 def test_bad_arguments_are_named():
     with pytest.raises(SystemExit, match="no valid layout: tp 3 does not divide 48 heads"):
         plan.main(["--model", "30b", "--world", "6144", "--seq_len", "73728", "--tp", "3",

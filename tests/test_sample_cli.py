@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+# end-to-end through the public command: outside the fast tier (pytest -m "not slow")
+pytestmark = pytest.mark.slow
+
 av = pytest.importorskip("av")
 
 PROMPT = "a red circle moves from left to right"

@@ -23,6 +23,9 @@ from moviegen.models.tae import TAE, TAEConfig, load_tae, outlier_penalty_loss
 from moviegen.train_tae import main
 from moviegen.training.metrics import read_metrics
 
+# multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAE_YAML = os.path.join(ROOT, "launch/configs/tae_tiny.yaml")
 

@@ -27,6 +27,7 @@ def short_run(tmp_path_factory):
     return out, history
 
 
+@pytest.mark.slow
 def test_loss_falls_and_metrics_have_every_field(short_run):
     out, history = short_run
     rows = read_metrics(str(out))
@@ -40,6 +41,7 @@ def test_loss_falls_and_metrics_have_every_field(short_run):
     assert len(vals) == 3 and vals[-1] < 0.7 * vals[0]
 
 
+@pytest.mark.slow
 def test_export_is_read_by_the_sampler(short_run, tmp_path):
     out, _ = short_run
     target = tmp_path / "s.pt"
@@ -83,6 +85,7 @@ def test_synthetic_latents_follow_the_caption_and_resume():
         assert torch.equal(next(ref)["latents"], next(resumed)["latents"])
 
 
+@pytest.mark.slow
 def test_info_cli_reports_30b_and_73728_tokens():
     r = subprocess.run([sys.executable, "-m", "moviegen.info", "--model", "30b"],
                        capture_output=True, text=True, timeout=120)
@@ -92,6 +95,7 @@ def test_info_cli_reports_30b_and_73728_tokens():
     assert 0.5 < info["attention_fraction"] < 0.7
 
 
+@pytest.mark.slow
 def test_training_writes_samples_every_sample_every_steps(tmp_path):
     """Decoded videos (TAE) or latents (no TAE) under samples/step_N/, with EMA weights,
     and the frames in TensorBoard; every sample_every steps and nowhere else."""
@@ -145,6 +149,7 @@ def test_ema_weights_apply_inside_the_block_only():
     assert torch.equal(model.weight, trained)
 
 
+@pytest.mark.slow
 def test_help_keeps_the_torchrun_example_on_two_lines():
     r = subprocess.run([sys.executable, "-m", "moviegen.train", "--help"], capture_output=True,
                        text=True, timeout=120)

@@ -128,6 +128,7 @@ def _fsdp_finetune(rank, world, runs, export):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_frozen_parameters_on_fsdp2_train_and_resume_like_one_process(t2v_export, tmp_path):
     """FSDP 2 with frozen parameters: no gradient for them, the losses of one process, and

@@ -19,6 +19,9 @@ from dist_helpers import (compare, launch_failure, reference_state, run_parallel
                           run_reference, spawn)
 from test_window import window_args
 
+# multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
+pytestmark = pytest.mark.slow
+
 LAYOUTS = [  # (layout, spatial window, spatiotemporal window)
     ({"tp": 2, "cp": 2}, (4, 3), (4, 2, 3)),
     ({"cp": 4}, (2, 3), (2, 2, 3)),
