@@ -16,7 +16,7 @@ and decoded. Reported per method, over the clips (same noise seed for every meth
   seam PSNR         between the last frame before each join and the first after it (the
                     worst join of a clip; higher = smoother), against the median PSNR of
                     every other pair of neighbouring frames in the same result
-  moves as captioned  the whole result's motion (moviegen.judge) is the caption's
+  moves as captioned  the whole result's motion (moviegen.demo.judge) is the caption's
   s / clip          sampling wall time
 Prints a table and writes JSON (``--output``).
 """
@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
 
     from moviegen.data.video_io import read_video
-    from moviegen.judge import continuity, motion_of, psnr_db, shape_mask, track
+    from moviegen.demo.judge import continuity, motion_of, psnr_db, shape_mask, track
     from moviegen.models.tae import load_tae
     from moviegen.sampling import Sampler
     from moviegen.training.export import default_latent_shape, load_inference

@@ -44,12 +44,6 @@ POSITIONS = {
     "in the centre": (0.5, 0.5), "on the left": (0.25, 0.5), "on the right": (0.75, 0.5),
     "at the top": (0.5, 0.25), "at the bottom": (0.5, 0.75),
 }
-# The demo's data set (moviegen.demo, moviegen.demo_conditioned): four colours, two
-# shapes, and one colour/direction pairing never in training, in any shape.
-DEMO_COLORS = ("red", "green", "blue", "yellow")
-DEMO_SHAPES = ("circle", "square")
-DEMO_HELD_OUT = ("red", "from right to left")
-DEMO_PROMPT = f"a {DEMO_HELD_OUT[0]} circle moves {DEMO_HELD_OUT[1]}"
 ASPECT_RATIOS = {"16:9": 16 / 9, "4:3": 4 / 3, "1:1": 1.0, "3:4": 3 / 4, "9:16": 9 / 16}
 FRAME_RATES = (8, 12, 15, 24)
 SHORT_SIDES = (64, 72, 80)

@@ -17,7 +17,7 @@ and a strip of frames of each as one PNG (``conditioned.png``).
 The demo runs it as its stage 6; on its own it measures the transformer of an existing
 demo directory again (writing <output_dir>/conditioned*, the results in conditioned.json):
 
-    python -m moviegen.demo_conditioned --output_dir runs/demo
+    python -m moviegen.demo.conditioned --output_dir runs/demo
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def write_strip(path: str, rows: list[tuple[str, np.ndarray]]) -> str:
 def stage_conditioned(out: str, prompt: str, palette: tuple[str, ...], seed: int = 0) -> dict:
     from moviegen.data.video_io import read_video, write_gif, write_video
     from moviegen.generation import Request, decode, generate, read_image
-    from moviegen.judge import continuity, judge, psnr_db, verdict_line
+    from moviegen.demo.judge import continuity, judge, psnr_db, verdict_line
     from moviegen.models.tae import load_tae
     from moviegen.sampling import Sampler
     from moviegen.training.export import default_latent_shape, load_inference
@@ -171,9 +171,9 @@ class ConditionedArgs:
 
 
 def run(a: ConditionedArgs) -> dict:
-    from moviegen.data.synthetic import DEMO_COLORS, DEMO_PROMPT
+    from moviegen.demo.scene import DEMO_COLORS, HELD_OUT_PROMPT
 
-    result = stage_conditioned(a.output_dir, DEMO_PROMPT, DEMO_COLORS, a.seed)
+    result = stage_conditioned(a.output_dir, HELD_OUT_PROMPT, DEMO_COLORS, a.seed)
     with open(os.path.join(a.output_dir, "conditioned.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "track_xy"}
