@@ -45,8 +45,8 @@ def clips_of(manifest: str, split: str, n: int) -> list[tuple[str, str]]:
 
 def extend_clip(sampler, tae, video_CTHW, caption, clip_shape, context, extensions, seed):
     """(decoded video [3, T, H, W], pixel frame of each join)."""
-    from moviegen.generation import encode
-    from moviegen.sampling import extend
+    from moviegen.sampling.solver import extend
+    from moviegen.sampling.tasks import encode
 
     C, T, H, W = clip_shape
     cs, ct = tae.spatial_compression, tae.temporal_compression
@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     from moviegen.data.video_io import read_video
     from moviegen.demo.judge import continuity, motion_of, psnr_db, shape_mask, track
     from moviegen.models.tae import load_tae
-    from moviegen.sampling import Sampler
+    from moviegen.sampling.solver import Sampler
     from moviegen.training.export import default_latent_shape, load_inference
 
     model, cfg, encoders = load_inference(a.checkpoint)

@@ -10,7 +10,7 @@ import pytest
 from moviegen import plot
 from moviegen.training.metrics import console_line
 from test_checkpoint import make_cfg
-from moviegen.training.diffusion import DiffusionTrainer as Trainer
+from moviegen.training.diffusion import DiffusionTrainer
 
 FIELDS = ("step", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s",
           "tflops_per_device", "mfu", "max_mem_gb", "data_wait_s", "fwd_bwd_s", "optimizer_s",
@@ -22,7 +22,7 @@ def run_dir(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("metrics"))
     cfg = make_cfg(d, 6, "--metrics.tensorboard=true", "--metrics.profile_steps=[3]",
                    "--train.log_every=2")
-    Trainer(cfg).fit()
+    DiffusionTrainer(cfg).fit()
     return d
 
 

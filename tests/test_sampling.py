@@ -1,10 +1,10 @@
-"""The samplers of moviegen.sampling against plain references: sliding-window blending,
+"""The solver of moviegen.sampling.solver against plain references: sliding-window blending,
 replacement, reconstruction guidance, extension."""
 import pytest
 import torch
 
 from moviegen.flow import interpolate, linear_quadratic_schedule, target_velocity
-from moviegen.sampling import (denoise, extend, sliding_window, window_starts, window_weights,
+from moviegen.sampling.solver import (denoise, extend, sliding_window, window_starts, window_weights,
                                x1_prediction)
 
 SIGMA = 1e-5

@@ -108,11 +108,12 @@ def _combos(exclude: set[str], colors=None, shapes=None):
     return out
 
 
-def generate(output_dir: str, num_videos: int, num_images: int = 0, seed: int = 0,
-             val_fraction: float = 0.1, min_duration: float = 1.0, max_duration: float = 3.0,
-             short_sides=SHORT_SIDES, frame_rates=FRAME_RATES, exclude=(), colors=None,
-             shapes=None, aspect_ratios=None) -> str:
-    """Writes the dataset; returns the manifest path. ``colors``/``shapes``/``aspect_ratios``
+def write_synthetic_dataset(output_dir: str, num_videos: int, num_images: int = 0,
+                            seed: int = 0, val_fraction: float = 0.1,
+                            min_duration: float = 1.0, max_duration: float = 3.0,
+                            short_sides=SHORT_SIDES, frame_rates=FRAME_RATES, exclude=(),
+                            colors=None, shapes=None, aspect_ratios=None) -> str:
+    """Writes the dataset (videos/, images/, captions, manifest.jsonl); returns the manifest path. ``colors``/``shapes``/``aspect_ratios``
     restrict the vocabulary (names from COLORS, SHAPES, ASPECT_RATIOS; None = all)."""
     from moviegen.data.buckets import assign_buckets, make_buckets
     from moviegen.data.config import VideoDataConfig
@@ -214,7 +215,7 @@ def main(argv=None) -> None:
     def run(a: SyntheticArgs) -> None:
         num_images = a.num_videos // 4 if a.num_images is None else a.num_images
         try:
-            manifest = generate(a.output_dir, a.num_videos, num_images, a.seed, a.val_fraction,
+            manifest = write_synthetic_dataset(a.output_dir, a.num_videos, num_images, a.seed, a.val_fraction,
                                 a.min_duration, a.max_duration, tuple(a.short_side),
                                 frame_rates=tuple(a.frame_rates), exclude=a.exclude,
                                 colors=a.colors or None, shapes=a.shapes or None,

@@ -52,13 +52,13 @@ QUICK = dict(videos=24, tae_steps=10, steps=20)
 
 
 def stage_data(out: str, n_videos: int) -> str:
-    from moviegen.data import synthetic
+    from moviegen.data.synthetic import write_synthetic_dataset
 
-    return synthetic.generate(os.path.join(out, "data"), num_videos=n_videos, num_images=n_videos // 8,
-                              seed=0, val_fraction=0.1, min_duration=2.0, max_duration=2.0,
-                              short_sides=(48,), frame_rates=(8,), colors=list(DEMO_COLORS),
-                              shapes=list(DEMO_SHAPES), aspect_ratios=["1:1"],
-                              exclude=["+".join(HELD_OUT_PAIRING)])
+    return write_synthetic_dataset(
+        os.path.join(out, "data"), num_videos=n_videos, num_images=n_videos // 8, seed=0,
+        val_fraction=0.1, min_duration=2.0, max_duration=2.0, short_sides=(48,),
+        frame_rates=(8,), colors=list(DEMO_COLORS), shapes=list(DEMO_SHAPES),
+        aspect_ratios=["1:1"], exclude=["+".join(HELD_OUT_PAIRING)])
 
 
 def stage_tae(out: str, manifest: str, steps: int) -> dict:
@@ -101,12 +101,13 @@ def stage_transformer(overrides: list[str]) -> dict:
 
 def stage_sample(out: str, prompts: list[str], seed: int = 0) -> dict:
     from moviegen.demo.judge import judge, verdict_line
-    from moviegen.sample import generate, write_videos
+    from moviegen.sample import write_videos
+    from moviegen.sampling.solver import sample_latents
     from moviegen.training.export import default_latent_shape, load_inference
 
     final = os.path.join(out, "transformer", "final")
     model, cfg, encoders = load_inference(final)
-    latents = generate(model, encoders, cfg, prompts, default_latent_shape(final, cfg), seed=seed,
+    latents = sample_latents(model, encoders, cfg, prompts, default_latent_shape(final, cfg), seed=seed,
                        progress=True)
     results = []
     for prompt, (path, video) in zip(prompts, write_videos(

@@ -39,7 +39,7 @@ def _decoder(tae_dir: str | None):
 def write_samples(trainer, writer, step: int) -> str | None:
     """Generates ``train.sample_prompts`` on every rank; rank 0 writes them. Returns the
     directory written (rank 0) or None."""
-    from moviegen.sampling import generate
+    from moviegen.sampling.solver import sample_latents
 
     cfg = trainer.cfg
     prompts = cfg.train.sample_prompts
@@ -47,7 +47,7 @@ def write_samples(trainer, writer, step: int) -> str | None:
     weights = trainer.ema.applied(trainer.model) if trainer.ema else contextlib.nullcontext()
     trainer.model.eval()
     with weights, trainer.autocast():
-        latents = generate(trainer.model, trainer.text_encoders, cfg, prompts, shape,
+        latents = sample_latents(trainer.model, trainer.text_encoders, cfg, prompts, shape,
                            seed=cfg.train.seed, device=trainer.device)
     trainer.model.train()
     if not trainer.is_main:

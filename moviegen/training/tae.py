@@ -119,11 +119,12 @@ class TAETrainer(Trainer):
                 if d.generate_if_missing <= 0:
                     raise ValueError(f"data.data_dir: no clips in '{data_dir}' (set "
                                      f"data.generate_if_missing > 0 to write synthetic ones)")
-                from moviegen.data.synthetic import generate
+                from moviegen.data.synthetic import write_synthetic_dataset
 
                 logger.info("no clips in %s: writing %d synthetic clips", data_dir,
                             d.generate_if_missing)
-                generate(data_dir, num_videos=d.generate_if_missing, seed=self.cfg.train.seed)
+                write_synthetic_dataset(data_dir, num_videos=d.generate_if_missing,
+                                        seed=self.cfg.train.seed)
             manifest, report = clips_manifest(data_dir, work, d.num_val)
             for path, why in report["unreadable"]:
                 logger.warning("skipping %s: %s", path, why)

@@ -11,7 +11,7 @@ from moviegen.training.distributed import global_rank
 from moviegen.training.fault import NonFiniteError
 
 
-def launch(trainer_cls, config_cls, argv: list[str] | None, description: str) -> dict:
+def run_training(trainer_cls, config_cls, argv: list[str] | None, description: str) -> dict:
     rank = global_rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
