@@ -78,8 +78,8 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
 
     from moviegen.data.video_io import read_video
-    from moviegen.demo.judge import continuity, motion_of, psnr_db, shape_mask, track
-    from moviegen.models.tae import load_tae
+    from moviegen.demo.judge import continuity, motion_of, shape_mask, track
+    from moviegen.models.tae import load_tae, psnr
     from moviegen.sampling.solver import Sampler
     from moviegen.training.export import default_latent_shape, load_inference
 
@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
           f"{extensions} extension(s) from the last {context}; torch threads "
           f"{torch.get_num_threads()}", flush=True)
 
-    truth = [float(np.median([psnr_db(v[:, i - 1], v[:, i]) for i in range(1, v.shape[1])]))
+    truth = [float(np.median([psnr(v[:, i - 1], v[:, i]) for i in range(1, v.shape[1])]))
              for v in (read_video(path) for path, _ in clips)]
     results = []
     for method, w in methods:

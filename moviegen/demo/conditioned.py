@@ -86,8 +86,8 @@ def write_strip(path: str, rows: list[tuple[str, np.ndarray]]) -> str:
 
 def stage_conditioned(out: str, prompt: str, palette: tuple[str, ...], seed: int = 0) -> dict:
     from moviegen.data.video_io import read_video, write_gif, write_video
-    from moviegen.demo.judge import continuity, judge, psnr_db, verdict_line
-    from moviegen.models.tae import load_tae
+    from moviegen.demo.judge import continuity, judge, verdict_line
+    from moviegen.models.tae import load_tae, psnr
     from moviegen.sampling.solver import Sampler
     from moviegen.sampling.tasks import Request, decode, read_image, run_request
     from moviegen.training.export import default_latent_shape, load_inference
@@ -113,7 +113,7 @@ def stage_conditioned(out: str, prompt: str, palette: tuple[str, ...], seed: int
     v = judge(i2v, prompt, palette)
     given = read_image(first_png)[:, 0]
     result_i2v = {"given_frame": first_png, "frames": i2v.shape[1],
-                  "first_frame_psnr_db": round(psnr_db(i2v[:, 0], given), 2),
+                  "first_frame_psnr_db": round(psnr(i2v[:, 0], given), 2),
                   "track_xy": v["track_xy"], "moves_as_captioned": v["motion"]["ok"],
                   "motion": v["motion"]["seen"], "colour": v["colour"]["seen"]}
     print(f"[demo]   i2v from the held-out clip's first frame: first frame "
