@@ -29,11 +29,13 @@ def run_training(trainer_cls, config_cls, argv: list[str] | None, description: s
     finally:
         trainer.close()
     if rank == 0:
-        print(summary(trainer, history))
+        print(outcome_line(trainer, history))
     return history
 
 
-def summary(trainer, history: dict) -> str:
+def outcome_line(trainer, history: dict) -> str:
+    """How the run ended, in one line: the validation number from first to last, or the
+    resume hint after a preemption."""
     key, vals = trainer.val_key, history[trainer.val_key]
     if history["preempted"]:
         return (f"preempted at step {trainer.step}: checkpoint saved; run the same command "
