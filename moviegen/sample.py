@@ -113,7 +113,7 @@ class SampleArgs:
 
     def validate(self) -> None:
         ext = os.path.splitext(self.output)[1].lower()
-        check(ext in VIDEO_EXTS + (".pt",), "output",
+        check(ext in VIDEO_OUTPUT_EXTS + (".pt",), "output",
               f"'{self.output}': use .webm, .mp4 (a decoded video) or .pt (latents)")
         check(all(p.strip() for p in self.prompt), "prompt", "a prompt is empty")
         check(os.path.isfile(os.path.join(self.checkpoint, "config.yaml")), "checkpoint",
@@ -154,16 +154,16 @@ class SampleArgs:
                     raise ConfigError(str(e), key=kind) from None
 
 
-VIDEO_EXTS = (".webm", ".mp4")
+VIDEO_OUTPUT_EXTS = (".webm", ".mp4")
 
 
 def _check_decoder(a: SampleArgs, cfg, channels: int) -> Optional[str]:
     """The TAE directory (None when no pixels go in or out), checked before sampling."""
-    if not a.output.lower().endswith(VIDEO_EXTS) and not (a.image or a.video):
+    if not a.output.lower().endswith(VIDEO_OUTPUT_EXTS) and not (a.image or a.video):
         return None
     tae_dir = a.tae or cfg.data.tae_checkpoint
     if not tae_dir or not os.path.isfile(os.path.join(tae_dir, "tae.safetensors")):
-        why = "decode" if a.output.lower().endswith(VIDEO_EXTS) else "encode --image/--video"
+        why = "decode" if a.output.lower().endswith(VIDEO_OUTPUT_EXTS) else "encode --image/--video"
         raise ConfigError(f"tae: this run has no TAE to {why} with (it trained on latents "
                           "without one): pass --tae DIR" + (" or write .pt" if why == "decode"
                                                             else ""), key="tae")
@@ -236,7 +236,7 @@ def run(a: SampleArgs):
         a.keyframe_every, a.seed))
     latents = result.latents
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
-    if not a.output.lower().endswith(VIDEO_EXTS):
+    if not a.output.lower().endswith(VIDEO_OUTPUT_EXTS):
         torch.save({"latents": latents.cpu(), "prompts": a.prompt, "task": task,
                     "joins": result.joins}, a.output)
         print(f"wrote {a.output}: latents {tuple(latents.shape)}")

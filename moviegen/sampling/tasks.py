@@ -25,10 +25,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from moviegen.data.manifest import IMAGE_EXTS, VIDEO_EXTS
 from moviegen.sampling.solver import Sampler, extend
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-VIDEO_IN_EXTS = (".webm", ".mp4", ".mkv", ".mov", ".avi")
 UPSAMPLE_FACTOR = 2
 
 
@@ -38,7 +37,7 @@ class InputError(ValueError):
 
 def check_input_file(path: str, kind: str) -> None:
     """One-line errors for a missing, misnamed or undecodable --image / --video."""
-    exts = IMAGE_EXTS if kind == "image" else VIDEO_IN_EXTS
+    exts = IMAGE_EXTS if kind == "image" else VIDEO_EXTS
     if not os.path.isfile(path):
         raise InputError(f"{kind}: '{path}' does not exist")
     if os.path.splitext(path)[1].lower() not in exts:
