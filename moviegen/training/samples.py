@@ -1,11 +1,11 @@
 """Samples while training (``train.sample_every``, ``train.sample_prompts``), as Open-Sora
 and FastVideo write them: watch a run learn without stopping it.
 
-Every ``sample_every`` steps the transformer generates the prompts (the Euler sampler of
-``moviegen.sample`` with the run's flow.sample_steps and guidance, a fixed seed so steps
-compare), with the EMA weights when EMA is on. Under FSDP, TP or CP the model's forward is
-a collective, so every rank runs the sampler on the same noise; only rank 0 decodes and
-writes:
+Every ``sample_every`` steps the transformer generates the prompts (``sample_latents`` of
+``moviegen.sampling.solver``, as ``moviegen.sample`` runs it, with the run's
+flow.sample_steps and guidance, a fixed seed so steps compare), with the EMA weights when
+EMA is on. Under FSDP, TP or CP the model's forward is a collective, so every rank runs
+the sampler on the same noise; only rank 0 decodes and writes:
   <output_dir>/samples/step_N/sample_<i>.webm + .gif   decoded with data.tae_checkpoint
   <output_dir>/samples/step_N/latents.pt               when the run has no TAE
 and TensorBoard ``samples/<i>`` (a video when moviepy is installed, else a strip of the
