@@ -35,7 +35,7 @@ def _prepare(demo_dir: str, run_dir: str) -> None:
 
 
 def _train_cmd(run_dir: str, seed: int) -> list[str]:
-    from moviegen.demo import DEMO_CONFIG, FULL, job_overrides
+    from moviegen.demo.pipeline import DEMO_CONFIG, FULL, job_overrides
 
     manifest = os.path.join(run_dir, "data", "manifest.jsonl")
     return [sys.executable, "-m", "moviegen.train", "--config", DEMO_CONFIG,
@@ -46,12 +46,12 @@ def _train_cmd(run_dir: str, seed: int) -> list[str]:
 def _judge(run_dir: str, seed: int, threads: int) -> dict:
     """Sampling and judging in a child with the run's thread count."""
     code = ("import json, sys\n"
-            "from moviegen.demo import SAMPLE_PROMPTS, stage_sample\n"
-            "from moviegen.demo_conditioned import stage_conditioned\n"
-            "from moviegen.data.synthetic import DEMO_COLORS, DEMO_PROMPT\n"
+            "from moviegen.demo.conditioned import stage_conditioned\n"
+            "from moviegen.demo.pipeline import stage_sample\n"
+            "from moviegen.demo.scene import DEMO_COLORS, HELD_OUT_PROMPT, SAMPLE_PROMPTS\n"
             f"d, s = {run_dir!r}, {seed}\n"
             "r = stage_sample(d, list(SAMPLE_PROMPTS), seed=s)\n"
-            "r.update(stage_conditioned(d, DEMO_PROMPT, DEMO_COLORS, seed=s))\n"
+            "r.update(stage_conditioned(d, HELD_OUT_PROMPT, DEMO_COLORS, seed=s))\n"
             "json.dump(r, open(d + '/judged.json', 'w'))\n")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,

@@ -16,7 +16,7 @@ and decoded. Reported per method, over the clips (same noise seed for every meth
   seam PSNR         between the last frame before each join and the first after it (the
                     worst join of a clip; higher = smoother), against the median PSNR of
                     every other pair of neighbouring frames in the same result
-  moves as captioned  the whole result's motion (moviegen.judge) is the caption's
+  moves as captioned  the whole result's motion (moviegen.demo.judge) is the caption's
   s / clip          sampling wall time
 Prints a table and writes JSON (``--output``).
 """
@@ -45,8 +45,8 @@ def clips_of(manifest: str, split: str, n: int) -> list[tuple[str, str]]:
 
 def extend_clip(sampler, tae, video_CTHW, caption, clip_shape, context, extensions, seed):
     """(decoded video [3, T, H, W], pixel frame of each join)."""
-    from moviegen.generation import encode
-    from moviegen.sampling import extend
+    from moviegen.sampling.solver import extend
+    from moviegen.sampling.tasks import encode
 
     C, T, H, W = clip_shape
     cs, ct = tae.spatial_compression, tae.temporal_compression
@@ -78,9 +78,9 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
 
     from moviegen.data.video_io import read_video
-    from moviegen.judge import continuity, motion_of, psnr_db, shape_mask, track
-    from moviegen.models.tae import load_tae
-    from moviegen.sampling import Sampler
+    from moviegen.demo.judge import continuity, motion_of, shape_mask, track
+    from moviegen.models.tae import load_tae, psnr
+    from moviegen.sampling.solver import Sampler
     from moviegen.training.export import default_latent_shape, load_inference
 
     model, cfg, encoders = load_inference(a.checkpoint)
@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
           f"{extensions} extension(s) from the last {context}; torch threads "
           f"{torch.get_num_threads()}", flush=True)
 
-    truth = [float(np.median([psnr_db(v[:, i - 1], v[:, i]) for i in range(1, v.shape[1])]))
+    truth = [float(np.median([psnr(v[:, i - 1], v[:, i]) for i in range(1, v.shape[1])]))
              for v in (read_video(path) for path, _ in clips)]
     results = []
     for method, w in methods:

@@ -3,8 +3,8 @@
 Path      X_t = t X1 + (1 - (1 - s) t) X0,  s = sigma_min, X0 ~ N(0, I), X1 = data
 Target    V = dX_t/dt = X1 - (1 - s) X0
 Time      t ~ logit-normal: sigmoid(N(0, 1))
-Sampling  Euler from t=0 (noise) to t=1 on the linear-quadratic schedule, with
-          classifier-free guidance v = v_u + w (v_c - v_u).
+Sampling  Euler from t=0 (noise) to t=1 on the linear-quadratic schedule (classifier-free
+          guidance v = v_u + w (v_c - v_u) is moviegen.sampling.solver.text_velocity).
 """
 from __future__ import annotations
 
@@ -107,19 +107,3 @@ def euler_sample(velocity_fn: VelocityFn, x0: torch.Tensor, schedule: torch.Tens
         t_B = torch.full((x.shape[0],), t_cur, device=x.device, dtype=torch.float32)
         x = x + (t_next - t_cur) * velocity_fn(x, t_B).to(x.dtype)
     return x
-
-
-def guided_velocity(model_fn: Callable, cond: tuple, uncond: tuple, scale: float) -> VelocityFn:
-    """Classifier-free guidance in one batched call: v_u + scale * (v_c - v_u).
-
-    ``model_fn(x, t, text_embeds, text_masks)``; cond/uncond are (embeds, masks) dicts.
-    """
-    embeds = {k: torch.cat([cond[0][k], uncond[0][k]]) for k in cond[0]}
-    masks = {k: torch.cat([cond[1][k], uncond[1][k]]) for k in cond[1]}
-
-    def fn(x, t_B):
-        v = model_fn(torch.cat([x, x]), torch.cat([t_B, t_B]), embeds, masks)
-        v_c, v_u = v.chunk(2)
-        return v_u + scale * (v_c - v_u)
-
-    return fn

@@ -28,8 +28,8 @@ guidance. The latent shape of a clip defaults to the training data's; ``--frames
 --width`` set it in latent units, and inputs are resized to it. A clip longer than the
 model's temporal position table is sampled in overlapping windows whose velocities are
 blended (Movie Gen's upsampler inference; ``--window_frames``, ``--window_overlap``).
-The FPS prefix is added as in training ("FPS-16 ..."). The samplers are in
-``moviegen.sampling``, the tasks in ``moviegen.generation``.
+The FPS prefix is added as in training ("FPS-16 ..."). The solver is in
+``moviegen.sampling.solver``, the tasks in ``moviegen.sampling.tasks``.
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ from typing import Optional
 import torch
 
 from moviegen.config import ConfigError, check, run_cli
-from moviegen.generation import TASKS, InputError, check_input_file
-from moviegen.sampling import generate  # noqa: F401  (the text-to-video call, re-exported)
+from moviegen.conditioning import TASKS
+from moviegen.sampling.tasks import InputError, check_input_file
 from moviegen.training.export import default_latent_shape, load_inference
 
 
@@ -113,7 +113,7 @@ class SampleArgs:
 
     def validate(self) -> None:
         ext = os.path.splitext(self.output)[1].lower()
-        check(ext in VIDEO_EXTS + (".pt",), "output",
+        check(ext in VIDEO_OUTPUT_EXTS + (".pt",), "output",
               f"'{self.output}': use .webm, .mp4 (a decoded video) or .pt (latents)")
         check(all(p.strip() for p in self.prompt), "prompt", "a prompt is empty")
         check(os.path.isfile(os.path.join(self.checkpoint, "config.yaml")), "checkpoint",
@@ -154,16 +154,16 @@ class SampleArgs:
                     raise ConfigError(str(e), key=kind) from None
 
 
-VIDEO_EXTS = (".webm", ".mp4")
+VIDEO_OUTPUT_EXTS = (".webm", ".mp4")
 
 
 def _check_decoder(a: SampleArgs, cfg, channels: int) -> Optional[str]:
     """The TAE directory (None when no pixels go in or out), checked before sampling."""
-    if not a.output.lower().endswith(VIDEO_EXTS) and not (a.image or a.video):
+    if not a.output.lower().endswith(VIDEO_OUTPUT_EXTS) and not (a.image or a.video):
         return None
     tae_dir = a.tae or cfg.data.tae_checkpoint
     if not tae_dir or not os.path.isfile(os.path.join(tae_dir, "tae.safetensors")):
-        why = "decode" if a.output.lower().endswith(VIDEO_EXTS) else "encode --image/--video"
+        why = "decode" if a.output.lower().endswith(VIDEO_OUTPUT_EXTS) else "encode --image/--video"
         raise ConfigError(f"tae: this run has no TAE to {why} with (it trained on latents "
                           "without one): pass --tae DIR" + (" or write .pt" if why == "decode"
                                                             else ""), key="tae")
@@ -206,8 +206,8 @@ def _check_conditioning(a: SampleArgs, cfg, clip_frames: int, window: int) -> st
 
 
 def run(a: SampleArgs):
-    from moviegen.generation import Request, generate as generate_task
-    from moviegen.sampling import Sampler
+    from moviegen.sampling.solver import Sampler
+    from moviegen.sampling.tasks import Request, run_request
     from moviegen.training.export import load_export_config
 
     cfg = load_export_config(a.checkpoint)
@@ -231,12 +231,12 @@ def run(a: SampleArgs):
                       a.reconstruction_guidance or 0.0, window, a.window_overlap, a.device,
                       progress=True)
     task = a.resolved_task
-    result = generate_task(sampler, tae, Request(
+    result = run_request(sampler, tae, Request(
         a.prompt, task, a.image, a.video, shape, a.extensions, a.context_frames,
         a.keyframe_every, a.seed))
     latents = result.latents
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
-    if not a.output.lower().endswith(VIDEO_EXTS):
+    if not a.output.lower().endswith(VIDEO_OUTPUT_EXTS):
         torch.save({"latents": latents.cpu(), "prompts": a.prompt, "task": task,
                     "joins": result.joins}, a.output)
         print(f"wrote {a.output}: latents {tuple(latents.shape)}")
@@ -253,7 +253,7 @@ def write_videos(latents, tae, output: str, fps: int):
     """Decodes (tiled in time) and writes one video + GIF per prompt; returns
     [(path, video [3, T, H, W] in [-1, 1])]. ``tae``: a TAE or its directory."""
     from moviegen.data.video_io import write_gif, write_video
-    from moviegen.generation import decode
+    from moviegen.sampling.tasks import decode
 
     if isinstance(tae, str):
         from moviegen.models.tae import load_tae

@@ -32,14 +32,12 @@ from __future__ import annotations
 import sys
 
 from moviegen.config import JobConfig
-from moviegen.training.launch import launch
+from moviegen.training.cli import run_training
 from moviegen.training.diffusion import DiffusionTrainer
-
-Trainer = DiffusionTrainer
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return launch(DiffusionTrainer, JobConfig, argv, __doc__)
+    return run_training(DiffusionTrainer, JobConfig, argv, __doc__)
 
 
 if __name__ == "__main__":

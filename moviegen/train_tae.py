@@ -34,12 +34,12 @@ from __future__ import annotations
 import sys
 
 from moviegen.config import TAEJobConfig
-from moviegen.training.launch import launch
+from moviegen.training.cli import run_training
 from moviegen.training.tae import TAETrainer
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return launch(TAETrainer, TAEJobConfig, argv, __doc__)
+    return run_training(TAETrainer, TAEJobConfig, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def synthetic_dataset(num_videos: int = 16, num_images: int = 6) -> str:
     key = f"clean{num_videos}_{num_images}"
     if key not in _CACHE:
         d = _tmpdir(key)
-        _CACHE[key] = synthetic.generate(
+        _CACHE[key] = synthetic.write_synthetic_dataset(
             d, num_videos=num_videos, num_images=num_images, seed=1, val_fraction=0.125,
             min_duration=1.0, max_duration=3.0, short_sides=(32, 40), frame_rates=(8, 12))
     return _CACHE[key]

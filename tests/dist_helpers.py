@@ -202,13 +202,14 @@ def run_parallel(args, state, layout: dict, ac: str = "none"):
     from moviegen.config import ParallelConfig
     from moviegen.parallel.parallelize import clip_grad_norm_
     from moviegen.parallel.state import canonical_name
+    from moviegen.training.distributed import mean_over_dp
 
     cfg = ParallelConfig(dp_replicate=layout.get("dp_replicate", 1),
                          dp_shard=layout.get("dp_shard", 1), cp=layout.get("cp", 1),
                          tp=layout.get("tp", 1), ac=ac, param_dtype="fp32")
     model, par, dims = sharded_copy(args, state, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
-    dp_rank, dp = par.dp_rank, dims.dp
+    dp_rank, dp = par.mesh["dp"].get_local_rank(), dims.dp
     losses, grads = [], []
     for kind, batch, seed in STEPS:
         inputs = make_batch(kind, batch, seed)
@@ -217,7 +218,7 @@ def run_parallel(args, state, layout: dict, ac: str = "none"):
         loss.backward()
         par.finish_grads()
         norm = clip_grad_norm_(list(model.parameters()), 1.0)
-        losses.append((par.mean_over_dp(loss).item(), norm.item()))
+        losses.append((mean_over_dp(loss, par.mesh).item(), norm.item()))
         grads.append({canonical_name(n): (p.grad.full_tensor() if isinstance(p.grad, DTensor)
                                           else p.grad).clone()
                       for n, p in model.named_parameters()})

@@ -4,7 +4,8 @@ site-packages, so no other distribution can shadow or overwrite our code); no im
 cycle; ``moviegen.kernels`` imports nothing else of the project and ``moviegen.parallel``
 nothing but the kernels (plans are applied from outside the model, data and training
 code); test-only code lives under tests/; no file cites a document outside the
-repository; no class name is defined twice."""
+repository; no class name is defined twice, and no public function name in two modules
+(one name, one meaning: ``generate`` once meant three things)."""
 import ast
 import os
 import re
@@ -174,3 +175,44 @@ def test_source_files_over_500_lines_say_why():
         if text.count("\n") > 520 and "on purpose" not in text[:1500]:
             long.append(mod)
     assert long == []
+
+
+# entry points (parse, then call); a package front binding its own module's function with
+# defaults; the kernel router, which gives each kernel's function its torch fallback
+ENTRY_POINT_FUNCTIONS = ("main", "run")
+
+
+def _same_function_on_purpose(name: str, mods: list[str]) -> bool:
+    if name in ENTRY_POINT_FUNCTIONS:
+        return True
+    if len(mods) == 2:
+        a, b = sorted(mods, key=len)
+        if b.startswith(a + "."):  # the package's __init__ and its own module
+            return True
+        if "moviegen.kernels.dispatch" in mods and all(m.startswith("moviegen.kernels.")
+                                                        for m in mods):
+            return True
+    return False
+
+
+def _public_functions(modules: dict[str, str]) -> dict[str, list[str]]:
+    where = defaultdict(list)
+    for mod, path in modules.items():
+        for node in ast.parse(open(path).read()).body:  # module level only
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                where[node.name].append(mod)
+    return where
+
+
+def _ambiguous_functions(where: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {k: sorted(v) for k, v in where.items()
+            if len(v) > 1 and not _same_function_on_purpose(k, v)}
+
+
+def test_no_public_function_name_defined_in_two_modules():
+    where = _public_functions(_modules())
+    assert len(where) > 100  # the walker sees the package
+    assert _ambiguous_functions(where) == {}
+    planted = dict(where, generate=["moviegen.data.synthetic", "moviegen.sampling.solver"])
+    assert _ambiguous_functions(planted) == {
+        "generate": ["moviegen.data.synthetic", "moviegen.sampling.solver"]}

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from moviegen.training import checkpoint as ck
 from moviegen.config import load_config
-from moviegen.training.diffusion import DiffusionTrainer as Trainer
+from moviegen.training.diffusion import DiffusionTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "launch", "configs", "tiny.yaml")
@@ -53,7 +53,7 @@ class RecordingLoader:
 
 
 def run(output_dir, steps, *extra, seen=None, on_batch=None):
-    trainer = Trainer(make_cfg(output_dir, steps, *extra))
+    trainer = DiffusionTrainer(make_cfg(output_dir, steps, *extra))
     if seen is not None:
         trainer.train_data = RecordingLoader(trainer.train_data, seen, on_batch)
     history = trainer.fit()
@@ -89,7 +89,7 @@ def test_exact_resume_same_losses_and_batches(straight, tmp_path):
     seen = []
     _, h1 = run(d, 10, seen=seen)
     assert not os.path.exists(os.path.join(d, "final", "x"))
-    trainer = Trainer(make_cfg(d, 20))
+    trainer = DiffusionTrainer(make_cfg(d, 20))
     assert trainer.step == 10 and trainer.resumed_from.endswith("step_00000010")
     trainer.train_data = RecordingLoader(trainer.train_data, seen)
     trainer.fit()
@@ -97,7 +97,7 @@ def test_exact_resume_same_losses_and_batches(straight, tmp_path):
     assert losses(d) == straight["losses"]  # bit-identical loss, grad norm and lr per step
     assert_same_final(straight, d)
     # Starting again at train.steps trains nothing and keeps the final checkpoint.
-    again = Trainer(make_cfg(d, 20))
+    again = DiffusionTrainer(make_cfg(d, 20))
     assert again.step == 20
     history = again.fit()
     assert history["val_loss"] == [] and losses(d) == straight["losses"]
@@ -108,7 +108,7 @@ def test_every_checkpoint_of_a_run_resumes_exactly(straight, tmp_path):
     d = str(tmp_path / "copy")
     shutil.copytree(straight["dir"], d)
     shutil.rmtree(os.path.join(d, "final"))
-    trainer = Trainer(make_cfg(d, 20, "--checkpoint.resume_from="
+    trainer = DiffusionTrainer(make_cfg(d, 20, "--checkpoint.resume_from="
                                + os.path.join(d, "checkpoints", "step_00000015")))
     assert trainer.step == 15
     trainer.fit()
@@ -188,7 +188,7 @@ def test_latest_never_names_a_partial_checkpoint(straight, tmp_path, point):
     else:
         assert ".tmp-step_00000010" in leftovers and "step_00000010" not in leftovers
     # Starting again resumes from step 5 and reproduces the uninterrupted run.
-    trainer = Trainer(make_cfg(d, 20, "--checkpoint.every_steps=5"))
+    trainer = DiffusionTrainer(make_cfg(d, 20, "--checkpoint.every_steps=5"))
     assert trainer.step == 5
     trainer.fit()
     assert losses(d) == straight["losses"]
@@ -213,11 +213,11 @@ def test_damaged_shard_is_named_and_previous_checkpoint_loads(two_checkpoints, d
         os.remove(shard)
     run_dir = os.path.dirname(root)
     with pytest.raises(ck.IncompleteCheckpointError, match=damage) as info:
-        Trainer(make_cfg(run_dir, 20))
+        DiffusionTrainer(make_cfg(run_dir, 20))
     assert shard in str(info.value)
     # The user picks the previous checkpoint explicitly; it loads and continues.
     previous = os.path.join(root, "step_00000015")
-    trainer = Trainer(make_cfg(run_dir, 20, f"--checkpoint.resume_from={previous}"))
+    trainer = DiffusionTrainer(make_cfg(run_dir, 20, f"--checkpoint.resume_from={previous}"))
     assert trainer.step == 15
 
 
@@ -255,7 +255,7 @@ def test_loading_never_executes_code(two_checkpoints, tmp_path):
     state = os.path.join(step20, "train_state", "rank_00000.pt")
     torch.save({"step": 20, "evil": _Exploit()}, state)
     with pytest.raises(pickle.UnpicklingError):
-        Trainer(make_cfg(os.path.dirname(two_checkpoints), 20))
+        DiffusionTrainer(make_cfg(os.path.dirname(two_checkpoints), 20))
     assert not flag.exists()
 
 
@@ -267,7 +267,8 @@ def test_keep_last_and_async_save(straight, tmp_path):
     assert [s for s, _ in ck.list_checkpoints(root)] == [16, 20]
     assert ck.latest_checkpoint(root).endswith("step_00000020")
     assert losses(d) == straight["losses"]  # background saves do not disturb training
-    trainer = Trainer(make_cfg(d, 20, "--checkpoint.resume_from=" + os.path.join(root, "step_00000016")))
+    trainer = DiffusionTrainer(make_cfg(
+        d, 20, "--checkpoint.resume_from=" + os.path.join(root, "step_00000016")))
     assert trainer.step == 16
     trainer.fit()
     assert losses(d) == straight["losses"]

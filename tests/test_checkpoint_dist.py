@@ -228,10 +228,10 @@ def _full_optimizer_digest(trainer):
 
 
 def trainer_job(rank, world, output_dir, resume_from, *layout):
-    from moviegen.training.diffusion import DiffusionTrainer as Trainer
+    from moviegen.training.diffusion import DiffusionTrainer
 
     extra = list(layout) + ([f"--checkpoint.resume_from={resume_from}"] if resume_from else [])
-    trainer = Trainer(trainer_cfg(output_dir, *extra))
+    trainer = DiffusionTrainer(trainer_cfg(output_dir, *extra))
     if resume_from is None:
         trainer.fit()
     else:

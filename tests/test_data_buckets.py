@@ -7,7 +7,7 @@ import pytest
 from moviegen.data.buckets import assign_buckets, bucket_latent_shapes, make_buckets
 from moviegen.data.config import VideoDataConfig, moviegen_256px, moviegen_768px
 from moviegen.data.manifest import Manifest
-from moviegen.data.sampler import build_epoch_plan
+from moviegen.data.epoch_plan import build_epoch_plan
 
 
 def fake_manifest(width, height, fps, frames, is_image=None, is_val=None) -> Manifest:

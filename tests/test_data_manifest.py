@@ -107,9 +107,9 @@ def test_config_validate_names_field(field, value):
 
 
 def test_synthetic_vocabulary_and_exclude(tmp_path):
-    m = synthetic.generate(str(tmp_path), num_videos=6, num_images=2, seed=3,
-                           min_duration=1.0, max_duration=1.2, short_sides=(32,),
-                           frame_rates=(8,), exclude=["red circle", "blue square"])
+    m = synthetic.write_synthetic_dataset(str(tmp_path), num_videos=6, num_images=2, seed=3,
+                                          min_duration=1.0, max_duration=1.2, short_sides=(32,),
+                                          frame_rates=(8,), exclude=["red circle", "blue square"])
     rows = [r for _, r in read_rows(m)]
     for r in rows:
         words = r["caption"].split()
@@ -125,10 +125,10 @@ def test_synthetic_holds_out_a_colour_direction_pairing(tmp_path):
     import json as _json
 
     from moviegen.data import synthetic
-    manifest = synthetic.generate(str(tmp_path), num_videos=12, num_images=0, seed=3,
-                                  min_duration=1.0, max_duration=1.2, short_sides=(32,),
-                                  frame_rates=(8,), colors=["red", "blue"], shapes=["circle"],
-                                  aspect_ratios=["1:1"], exclude=["red+from right to left"])
+    manifest = synthetic.write_synthetic_dataset(
+        str(tmp_path), num_videos=12, num_images=0, seed=3, min_duration=1.0, max_duration=1.2,
+        short_sides=(32,), frame_rates=(8,), colors=["red", "blue"], shapes=["circle"],
+        aspect_ratios=["1:1"], exclude=["red+from right to left"])
     rows = [_json.loads(l) for l in open(manifest)]
     caps = [r["caption"] for r in rows]
     assert len(caps) == 12
@@ -138,4 +138,4 @@ def test_synthetic_holds_out_a_colour_direction_pairing(tmp_path):
     assert synthetic.excluded("a red square moves from right to left", {"red+from right to left"})
     assert not synthetic.excluded("a red square moves from left to right", {"red+from right to left"})
     with pytest.raises(ValueError, match="unknown colour"):
-        synthetic.generate(str(tmp_path / "x"), 1, colors=["mauve"])
+        synthetic.write_synthetic_dataset(str(tmp_path / "x"), 1, colors=["mauve"])

@@ -72,7 +72,7 @@ def test_judge_reads_colour_motion_and_shape():
     import torch
 
     from moviegen.data.synthetic import COLORS, DIRECTIONS, draw_shape
-    from moviegen.judge import judge
+    from moviegen.demo.judge import judge
 
     palette = ("red", "green", "blue", "yellow")
     for shape in ("circle", "square"):
@@ -91,3 +91,17 @@ def test_judge_reads_colour_motion_and_shape():
     v = judge(empty.permute(3, 0, 1, 2).float() / 127.5 - 1, "a red circle moves from left to "
               "right", palette)
     assert v["motion"]["seen"] == "no shape found" and not v["colour"]["ok"]
+
+
+def test_demo_commands_answer_help_and_the_conditioned_stage_names_what_it_needs(tmp_path):
+    """``python -m moviegen.demo`` (the package's __main__) and ``python -m
+    moviegen.demo.conditioned`` are commands; the latter on a directory without a demo
+    run says to run the demo first."""
+    for module in ("moviegen.demo", "moviegen.demo.conditioned"):
+        r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert f"python -m {module} " in r.stdout and "--output_dir" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "moviegen.demo.conditioned", "--output_dir",
+                        str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "run python -m moviegen.demo first" in r.stderr

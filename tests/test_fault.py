@@ -14,7 +14,7 @@ import torch
 from moviegen import train
 from moviegen.training.fault import NonFiniteError, NonFiniteGuard
 from moviegen.data.latents import SyntheticLatentLoader
-from moviegen.training.diffusion import DiffusionTrainer as Trainer
+from moviegen.training.diffusion import DiffusionTrainer
 
 from test_checkpoint import RecordingLoader, losses, make_cfg, run
 
@@ -78,7 +78,7 @@ def _nan_at(trainer, steps):
 
 def test_nonfinite_step_is_skipped_and_counted(tmp_path):
     d = str(tmp_path / "run")
-    trainer = Trainer(make_cfg(d, 8, "--checkpoint.max_consecutive_nonfinite=2"))
+    trainer = DiffusionTrainer(make_cfg(d, 8, "--checkpoint.max_consecutive_nonfinite=2"))
     _nan_at(trainer, {3, 6})
     trainer.fit()
     rows = [json.loads(x) for x in open(os.path.join(d, "metrics.jsonl"))]
@@ -95,7 +95,7 @@ def test_nonfinite_step_is_skipped_and_counted(tmp_path):
 
 def test_k_nonfinite_steps_in_a_row_stop_naming_the_step(tmp_path, monkeypatch, capsys):
     d = str(tmp_path / "run")
-    trainer = Trainer(make_cfg(d, 20, "--checkpoint.max_consecutive_nonfinite=3",
+    trainer = DiffusionTrainer(make_cfg(d, 20, "--checkpoint.max_consecutive_nonfinite=3",
                                "--checkpoint.every_steps=2"))
     _nan_at(trainer, set(range(5, 21)))
     with pytest.raises(NonFiniteError, match=r"stopping at step 7: .* 3 consecutive steps "
@@ -103,14 +103,14 @@ def test_k_nonfinite_steps_in_a_row_stop_naming_the_step(tmp_path, monkeypatch, 
         trainer.fit()
     # skipped steps changed nothing: the checkpoint of step 6 holds step 4's weights
     assert open(os.path.join(d, "checkpoints", "latest")).read().strip() == "step_00000006"
-    resumed = Trainer(make_cfg(d, 20))
+    resumed = DiffusionTrainer(make_cfg(d, 20))
     assert resumed.step == 6 and resumed.nonfinite.run == [5, 6]
-    step4 = Trainer(make_cfg(d, 20, "--checkpoint.resume_from="
+    step4 = DiffusionTrainer(make_cfg(d, 20, "--checkpoint.resume_from="
                              + os.path.join(d, "checkpoints", "step_00000004")))
     for a, b in zip(resumed.model.parameters(), step4.model.parameters()):
         assert torch.isfinite(a).all() and torch.equal(a, b)
     # main() reports it on stderr and exits 1
-    monkeypatch.setattr(Trainer, "forward_sums",
+    monkeypatch.setattr(DiffusionTrainer, "forward_sums",
                         lambda self, *a: (torch.tensor(float("nan"), requires_grad=True),
                                           torch.tensor(1.0)))
     args = ["--config", os.path.join(os.path.dirname(__file__), "..", "launch", "configs",
@@ -162,14 +162,14 @@ def test_bad_output_dir_and_tae_channels_are_config_errors(tmp_path, capsys):
 
 def test_steps_zero_writes_nothing_and_stale_temporaries_are_cleaned(tmp_path):
     d = tmp_path / "run"
-    Trainer(make_cfg(str(d), 0)).fit()
+    DiffusionTrainer(make_cfg(str(d), 0)).fit()
     assert not d.exists() or not any(d.rglob("*.safetensors")), list(d.rglob("*"))
     assert not (d / "final").exists()
     # a save killed between its temporary pointer and the rename leaves these behind
     root = d / "checkpoints"
     (root / ".tmp-step_00000004").mkdir(parents=True)
     (root / "latest.tmp.12345").write_text("step_00000004\n")
-    Trainer(make_cfg(str(d), 2))
+    DiffusionTrainer(make_cfg(str(d), 2))
     assert sorted(os.listdir(root)) == []
 
 
@@ -177,13 +177,13 @@ def test_truncated_rank_state_names_the_file(tmp_path):
     from moviegen.training.checkpoint import IncompleteCheckpointError
 
     d = str(tmp_path / "run")
-    Trainer(make_cfg(d, 2)).fit()
+    DiffusionTrainer(make_cfg(d, 2)).fit()
     state = os.path.join(d, "checkpoints", "step_00000002", "train_state", "rank_00000.pt")
     with open(state, "r+b") as f:
         f.truncate(os.path.getsize(state) // 2)
     with pytest.raises(IncompleteCheckpointError, match=r"rank_00000.pt cannot be read.*"
                                                         r"checkpoint.resume_from"):
-        Trainer(make_cfg(d, 4))
+        DiffusionTrainer(make_cfg(d, 4))
 
 
 def test_tae_channels_checked_against_the_model_before_start(tmp_path):

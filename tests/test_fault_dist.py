@@ -32,9 +32,9 @@ COMMON = [f"--train.steps={STEPS}", "--train.log_every=1", "--train.val_every=10
 
 def train_job(rank, world, output_dir):
     from moviegen.config import load_config
-    from moviegen.train import Trainer
+    from moviegen.training.diffusion import DiffusionTrainer
 
-    trainer = Trainer(load_config(TINY, [f"--output_dir={output_dir}", *COMMON]))
+    trainer = DiffusionTrainer(load_config(TINY, [f"--output_dir={output_dir}", *COMMON]))
     history = trainer.fit()
     return {"step": trainer.step, "preempted": history["preempted"],
             "resumed_from": history["resumed_from"]}

@@ -10,7 +10,7 @@ import pytest
 from moviegen import plot
 from moviegen.training.metrics import console_line
 from test_checkpoint import make_cfg
-from moviegen.training.diffusion import DiffusionTrainer as Trainer
+from moviegen.training.diffusion import DiffusionTrainer
 
 # multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ def run_dir(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("metrics"))
     cfg = make_cfg(d, 6, "--metrics.tensorboard=true", "--metrics.profile_steps=[3]",
                    "--train.log_every=2")
-    Trainer(cfg).fit()
+    DiffusionTrainer(cfg).fit()
     return d
 
 

@@ -8,7 +8,7 @@ from moviegen import precompute
 from moviegen.config import load_config
 from moviegen.training.metrics import read_metrics
 from moviegen.data.precomputed import PrecomputedLoader
-from moviegen.training.diffusion import DiffusionTrainer as Trainer
+from moviegen.training.diffusion import DiffusionTrainer
 
 pytest.importorskip("av")
 
@@ -76,7 +76,7 @@ def test_trainer_reads_precomputed_shards(setup, tmp_path):
     resumed = PrecomputedLoader(cfg.data.precomputed_dir, "train", 2, 0, 1, seed=0)
     resumed.load_state_dict(state)
     assert torch.equal(next(resumed)["latents"], nxt["latents"])
-    history = Trainer(cfg).fit()
+    history = DiffusionTrainer(cfg).fit()
     rows = [r for r in read_metrics(str(tmp_path)) if "loss" in r]
     assert [r["step"] for r in rows] == [2, 4] and len(history["val_loss"]) == 2
 
@@ -103,7 +103,7 @@ def test_shards_carry_first_frame_latents_for_image_to_video(setup, tmp_path):
         *overrides, "--data.kind=precomputed", "--train.steps=2", "--train.log_every=1",
         "--train.val_every=1000", "--train.progress_bar=false", f"--output_dir={tmp_path}",
         f"--model.cond_channels={C + 1}", "--train.tasks={i2v: 1.0}"])
-    trainer = Trainer(cfg)
+    trainer = DiffusionTrainer(cfg)
     inputs = trainer.prepare_batch(next(trainer.train_data), "train", 0, drop_text=False)
     cond, loss_mask = inputs[5], inputs[6]
     assert cond.shape[1] == C + 1 and loss_mask.all()  # frame 0 is generated too

@@ -1,11 +1,11 @@
-"""The samplers of moviegen.sampling against plain references: sliding-window blending,
+"""The solver of moviegen.sampling.solver against plain references: sliding-window blending,
 replacement, reconstruction guidance, extension."""
 import pytest
 import torch
 
 from moviegen.flow import interpolate, linear_quadratic_schedule, target_velocity
-from moviegen.sampling import (denoise, extend, sliding_window, window_starts, window_weights,
-                               x1_prediction)
+from moviegen.sampling.solver import (denoise, extend, sliding_window, text_velocity,
+                                      window_starts, window_weights, x1_prediction)
 
 SIGMA = 1e-5
 
@@ -29,6 +29,42 @@ def test_window_weights_ramp_linearly_across_an_overlap():
     torch.testing.assert_close(w[0], torch.tensor([1, 1, 0.75, 0.25, 0, 0]))
     torch.testing.assert_close(w[1], torch.tensor([0, 0, 0.25, 0.75, 1, 1]))
     assert window_starts(14 + 10 * 3, 14, 4) == [0, 10, 20, 30]  # Movie Gen's 14 / 4
+
+
+class _RecordingEncoders:
+    """Text encoders' interface: every prompt gets its length in tokens, two slots."""
+
+    def __init__(self):
+        self.seen = []
+
+    def encode(self, prompts):
+        self.seen += prompts
+        n = torch.tensor([len(p.split()) for p in prompts])
+        masks = {s: torch.arange(8)[None] < n[:, None] for s in ("a", "b")}
+        return {s: torch.zeros(len(prompts), 8, 4) for s in ("a", "b")}, masks
+
+
+def test_text_velocity_is_classifier_free_guidance_in_one_batched_call():
+    """v_u + w (v_c - v_u): the conditional half sees the prompt (FPS prefix added, as in
+    training), the unconditional half no text token in any slot, both the same x, t and
+    conditioning channels; one model call per evaluation."""
+    calls = []
+
+    def model(x, t_B, embeds, masks, cond_BCTHW=None):
+        calls.append((x.shape[0], t_B.tolist(), None if cond_BCTHW is None else cond_BCTHW))
+        tokens = (masks["a"].sum(-1) + masks["b"].sum(-1)).float()
+        extra = 0 if cond_BCTHW is None else cond_BCTHW.sum((1, 2, 3, 4))
+        return x * 0 + (tokens + extra).view(-1, 1, 1, 1, 1) + 1  # v_u = 1 + extra
+
+    encoders = _RecordingEncoders()
+    velocity = text_velocity(model, encoders, ["a red circle", "blue"], fps=16, scale=7.5)
+    assert encoders.seen == ["FPS-16 a red circle", "FPS-16 blue"]
+    x, cond = torch.zeros(2, 1, 1, 1, 1), torch.tensor([1.0, 2.0]).view(2, 1, 1, 1, 1)
+    v = velocity(x, torch.tensor([0.25, 0.5]), cond)
+    assert len(calls) == 1 and calls[0][0] == 4 and calls[0][1] == [0.25, 0.5, 0.25, 0.5]
+    assert torch.equal(calls[0][2].flatten(), torch.tensor([1.0, 2.0, 1.0, 2.0]))
+    # tokens per slot: 4 and 2 ("FPS-16" is one), two slots: v_c - v_u = 8 and 4
+    torch.testing.assert_close(v.flatten(), torch.tensor([1 + 1 + 7.5 * 8, 1 + 2 + 7.5 * 4]))
 
 
 def _mixing_velocity(seed=0, C=2):

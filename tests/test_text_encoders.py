@@ -9,6 +9,7 @@ from moviegen.models.transformer import build_model, resolve_model_args
 from moviegen.config import ModelConfig
 from moviegen.models.text_encoders import TextEncoders, drop_captions, null_text
 from moviegen.models.tokenizer import ByteTokenizer, fps_prefix
+from moviegen.flow import per_sample_draws
 
 transformers = pytest.importorskip("transformers")
 
@@ -105,8 +106,10 @@ def test_byte_tokenizer():
 
 def test_caption_dropout_and_null_text():
     masks = {"a": torch.ones(1000, 4, dtype=torch.bool), "b": torch.ones(1000, 2, dtype=torch.bool)}
-    dropped = drop_captions(masks, 0.1, torch.Generator().manual_seed(0))
+    _, _, keep = per_sample_draws((1000, 1, 1, 1, 1), list(range(1000)), drop_prob=0.1)
+    dropped = drop_captions(masks, keep)
     gone_a = ~dropped["a"].any(-1)
     assert torch.equal(gone_a, ~dropped["b"].any(-1))  # a sample is dropped in every slot
+    assert torch.equal(gone_a, ~keep) and dropped["a"][keep].all()  # the others keep theirs
     assert 60 < gone_a.sum() < 140
     assert not null_text(masks)["a"].any()

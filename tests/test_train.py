@@ -10,7 +10,7 @@ from moviegen.config import load_config
 from moviegen.data.latents import SyntheticLatentDataset, SyntheticLatentLoader
 from moviegen.data.video_io import read_video
 from moviegen.training.metrics import read_metrics
-from moviegen.training.diffusion import DiffusionTrainer as Trainer
+from moviegen.training.diffusion import DiffusionTrainer
 from moviegen.training.optim import lr_lambda
 
 REQUIRED = {"step", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s",
@@ -23,7 +23,7 @@ def short_run(tmp_path_factory):
     cfg = load_config("launch/configs/tiny.yaml",
                       ["--train.steps=80", "--train.val_every=40", "--train.log_every=10",
                        "--train.progress_bar=false", f"--output_dir={out}"])
-    history = Trainer(cfg).fit()
+    history = DiffusionTrainer(cfg).fit()
     return out, history
 
 
@@ -111,7 +111,7 @@ def test_training_writes_samples_every_sample_every_steps(tmp_path):
               "--train.log_every=1", "--train.val_every=100", "--train.progress_bar=false",
               "--flow.sample_steps=3", "--checkpoint.ema_decay=0.9"]
     out = tmp_path / "video"
-    Trainer(load_config("launch/configs/tiny.yaml", [
+    DiffusionTrainer(load_config("launch/configs/tiny.yaml", [
         *common, f"--output_dir={out}", f"--data.tae_checkpoint={tmp_path / 'tae'}",
         "--metrics.tensorboard=true"])).fit()
     assert sorted(os.listdir(out / "samples")) == ["step_2", "step_4"]
@@ -126,7 +126,7 @@ def test_training_writes_samples_every_sample_every_steps(tmp_path):
     assert [e.step for e in acc.Images("samples/0")] == [2, 4]
 
     out = tmp_path / "latents"
-    Trainer(load_config("launch/configs/tiny.yaml", [*common, f"--output_dir={out}",
+    DiffusionTrainer(load_config("launch/configs/tiny.yaml", [*common, f"--output_dir={out}",
                                                      "--checkpoint.ema_decay=0"])).fit()
     assert sorted(os.listdir(out / "samples")) == ["step_2", "step_4"]
     saved = torch.load(out / "samples" / "step_2" / "latents.pt", weights_only=True)

@@ -5,7 +5,7 @@ import torch
 from moviegen.config import ConfigError, load_config
 from moviegen.data.sources import RandomPatchEncoder, latent_grids
 from moviegen.training.metrics import read_metrics
-from moviegen.training.diffusion import DiffusionTrainer as Trainer
+from moviegen.training.diffusion import DiffusionTrainer
 
 av = pytest.importorskip("av")
 
@@ -25,7 +25,7 @@ def test_trains_from_video_files_through_the_random_patch_encoder(tmp_path):
     cfg = load_config("launch/configs/tiny.yaml", video_overrides(manifest, tmp_path))
     grids = latent_grids(cfg)
     assert grids and all(t >= 1 for _, t, _, _ in grids)
-    trainer = Trainer(cfg)
+    trainer = DiffusionTrainer(cfg)
     history = trainer.fit()
     rows = [r for r in read_metrics(str(tmp_path)) if "loss" in r]
     assert [r["step"] for r in rows] == [3, 6]

@@ -44,12 +44,6 @@ POSITIONS = {
     "in the centre": (0.5, 0.5), "on the left": (0.25, 0.5), "on the right": (0.75, 0.5),
     "at the top": (0.5, 0.25), "at the bottom": (0.5, 0.75),
 }
-# The demo's data set (moviegen.demo, moviegen.demo_conditioned): four colours, two
-# shapes, and one colour/direction pairing never in training, in any shape.
-DEMO_COLORS = ("red", "green", "blue", "yellow")
-DEMO_SHAPES = ("circle", "square")
-DEMO_HELD_OUT = ("red", "from right to left")
-DEMO_PROMPT = f"a {DEMO_HELD_OUT[0]} circle moves {DEMO_HELD_OUT[1]}"
 ASPECT_RATIOS = {"16:9": 16 / 9, "4:3": 4 / 3, "1:1": 1.0, "3:4": 3 / 4, "9:16": 9 / 16}
 FRAME_RATES = (8, 12, 15, 24)
 SHORT_SIDES = (64, 72, 80)
@@ -114,11 +108,12 @@ def _combos(exclude: set[str], colors=None, shapes=None):
     return out
 
 
-def generate(output_dir: str, num_videos: int, num_images: int = 0, seed: int = 0,
-             val_fraction: float = 0.1, min_duration: float = 1.0, max_duration: float = 3.0,
-             short_sides=SHORT_SIDES, frame_rates=FRAME_RATES, exclude=(), colors=None,
-             shapes=None, aspect_ratios=None) -> str:
-    """Writes the dataset; returns the manifest path. ``colors``/``shapes``/``aspect_ratios``
+def write_synthetic_dataset(output_dir: str, num_videos: int, num_images: int = 0,
+                            seed: int = 0, val_fraction: float = 0.1,
+                            min_duration: float = 1.0, max_duration: float = 3.0,
+                            short_sides=SHORT_SIDES, frame_rates=FRAME_RATES, exclude=(),
+                            colors=None, shapes=None, aspect_ratios=None) -> str:
+    """Writes the dataset (videos/, images/, captions, manifest.jsonl); returns the manifest path. ``colors``/``shapes``/``aspect_ratios``
     restrict the vocabulary (names from COLORS, SHAPES, ASPECT_RATIOS; None = all)."""
     from moviegen.data.buckets import assign_buckets, make_buckets
     from moviegen.data.config import VideoDataConfig
@@ -220,7 +215,7 @@ def main(argv=None) -> None:
     def run(a: SyntheticArgs) -> None:
         num_images = a.num_videos // 4 if a.num_images is None else a.num_images
         try:
-            manifest = generate(a.output_dir, a.num_videos, num_images, a.seed, a.val_fraction,
+            manifest = write_synthetic_dataset(a.output_dir, a.num_videos, num_images, a.seed, a.val_fraction,
                                 a.min_duration, a.max_duration, tuple(a.short_side),
                                 frame_rates=tuple(a.frame_rates), exclude=a.exclude,
                                 colors=a.colors or None, shapes=a.shapes or None,

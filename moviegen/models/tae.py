@@ -526,10 +526,16 @@ def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).mean()
 
 
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of videos in [-1, 1] (peak-to-peak 2, i.e. the usual PSNR on [0, 1])."""
-    mse = (x.float().clamp(-1, 1) - y.float().clamp(-1, 1)).pow(2).mean()
-    return 10.0 * torch.log10(4.0 / mse.clamp_min(1e-12))
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """PSNR in dB of two frames or videos in [-1, 1] (peak-to-peak 2, i.e. the usual PSNR
+    on [0, 1])."""
+    return psnr_from_mse((x.float().clamp(-1, 1) - y.float().clamp(-1, 1)).pow(2).mean().item())
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of pixels in [-1, 1] from their mean squared error (a set of clips pools
+    its squared errors first)."""
+    return 10.0 * math.log10(4.0 / max(mse, 1e-12))
 
 
 # --------------------------------------------------------------------------- save / load

@@ -162,14 +162,12 @@ class TextEncoders(nn.Module):
         return paths
 
 
-def drop_captions(masks: dict, drop_prob: float, generator: torch.Generator | None = None) -> dict:
-    """Classifier-free guidance training: a dropped sample keeps no text token at all."""
-    if drop_prob <= 0:
-        return masks
-    any_mask = next(iter(masks.values()))
-    keep_B = torch.rand(any_mask.shape[0], generator=generator) >= drop_prob
-    keep_B = keep_B.to(any_mask.device)
-    return {k: m & keep_B[:, None] for k, m in masks.items()}
+def drop_captions(masks: dict, keep_B: torch.Tensor) -> dict:
+    """Caption dropout for classifier-free guidance training: sample b keeps its text where
+    ``keep_B[b]`` (bool [B]) is True, and no text token in any slot otherwise. The draws
+    come with each sample's t and noise (``moviegen.flow.per_sample_draws``)."""
+    keep = keep_B.to(next(iter(masks.values())).device)
+    return {k: m & keep[:, None] for k, m in masks.items()}
 
 
 def null_text(masks: dict) -> dict:

@@ -91,23 +91,10 @@ class Parallelized:
     dims: ParallelDims
     mesh: object
 
-    @property
-    def dp_rank(self) -> int:
-        """Which data shard this rank reads: TP and CP peers share it."""
-        return self.mesh["dp"].get_local_rank() if self.mesh is not None else 0
-
     def finish_grads(self) -> None:
         """After backward: sum sequence-parallel parameters' partial grads over TP."""
         if self.dims.tp > 1:
             reduce_sequence_parallel_grads(self.model, self.mesh["tp"].get_group())
-
-    def mean_over_dp(self, t: torch.Tensor) -> torch.Tensor:
-        """Average of a per-DP-rank value (same on every CP/TP rank) over DP ranks."""
-        if self.dims.dp == 1:
-            return t
-        t = t.detach().clone()
-        dist.all_reduce(t, group=self.mesh["dp"].get_group())
-        return t / self.dims.dp
 
 
 def parallelize(model, dims: ParallelDims, mesh, parallel_cfg, device_type: str) -> Parallelized:

@@ -29,10 +29,10 @@ from moviegen.data.sources import (build_data, build_pixel_encoder, latent_grids
 from moviegen.flow import (flow_matching_loss, interpolate, per_sample_draws, sample_seed,
                           target_velocity)
 from moviegen.models.flops import flops_per_sample
-from moviegen.models.text_encoders import TextEncoders
+from moviegen.models.text_encoders import TextEncoders, drop_captions
 from moviegen.models.transformer import (MovieGenTransformer, adapt_stage_state_dict,
                                          init_unit, resolve_model_args)
-from moviegen.training.distributed import check_layout
+from moviegen.training.distributed import check_layout, mean_over_dp
 from moviegen.training.export import export_inference
 from moviegen.training.optim import freeze_all_but
 from moviegen.training.trainer import Trainer
@@ -133,9 +133,8 @@ class DiffusionTrainer(Trainer):
         seeds = [sample_seed(self.cfg.train.seed, stream, step, int(i)) for i in index]
         t, x0, keep = per_sample_draws(tuple(x1.shape), seeds,
                                        self.cfg.text.caption_dropout if drop_text else 0.0)
-        if drop_text:  # classifier-free guidance: a dropped sample keeps no text token
-            keep = keep.to(self.device)
-            masks = {k: m & keep[:, None] for k, m in masks.items()}
+        if drop_text:
+            masks = drop_captions(masks, keep)
         t, x0 = t.to(self.device), x0.to(device=self.device, dtype=x1.dtype)
         sigma = self.cfg.flow.sigma_min
         cond = loss_mask = None
@@ -210,7 +209,7 @@ class DiffusionTrainer(Trainer):
             inputs = self.prepare_batch(next(data), "val", j, drop_text=False)
             total += self.forward_loss(*inputs)
             n += 1
-        return {"val_loss": self.mean_over_dp(total / max(n, 1)).item()}
+        return {"val_loss": mean_over_dp(total / max(n, 1), self.mesh).item()}
 
     def export(self) -> None:
         """Consolidated weights (and EMA) in <output_dir>/final; collective on all ranks."""

@@ -3,6 +3,7 @@
     device = pick_device(cfg.train.device)
     dims = check_layout(cfg.parallel, world_size(), n_heads=..., ffn_dim=..., grids=...)
     meshes = init_distributed(dims, device)          # None on one process
+    mean_over_dp(loss, meshes)                       # a per-rank value averaged over DP
 """
 from __future__ import annotations
 
@@ -52,6 +53,18 @@ def check_layout(parallel_cfg, world: int, n_heads: int | None = None,
     except LayoutError as e:
         raise ConfigError(str(e), key=str(e).split(":")[0]) from None
     return dims
+
+
+def mean_over_dp(value: torch.Tensor, mesh) -> torch.Tensor:
+    """Average over the data-parallel ranks of a per-DP-rank value (the same on its CP and
+    TP peers); ``mesh`` None is one process."""
+    if mesh is None or mesh["dp"].size() == 1:
+        return value
+    import torch.distributed as dist
+
+    value = value.detach().clone()
+    dist.all_reduce(value, group=mesh["dp"].get_group())
+    return value / mesh["dp"].size()
 
 
 def init_distributed(dims: ParallelDims, device: torch.device):

@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from moviegen.training.distributed import mean_over_dp
+
 _log = logging.getLogger("moviegen.training")
 
 def max_memory_gb(device: torch.device) -> float:
@@ -307,7 +309,7 @@ class RunLog:
     def _mean(self, values: list) -> float:
         if not values:
             return float("nan")
-        return self.t.mean_over_dp(torch.stack(values).mean()).item()
+        return mean_over_dp(torch.stack(values).mean(), self.t.mesh).item()
 
     def _flush(self, step: int) -> None:
         t, w = self.t, self.w

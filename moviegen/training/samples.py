@@ -1,11 +1,11 @@
 """Samples while training (``train.sample_every``, ``train.sample_prompts``), as Open-Sora
 and FastVideo write them: watch a run learn without stopping it.
 
-Every ``sample_every`` steps the transformer generates the prompts (the Euler sampler of
-``moviegen.sample`` with the run's flow.sample_steps and guidance, a fixed seed so steps
-compare), with the EMA weights when EMA is on. Under FSDP, TP or CP the model's forward is
-a collective, so every rank runs the sampler on the same noise; only rank 0 decodes and
-writes:
+Every ``sample_every`` steps the transformer generates the prompts (``sample_latents`` of
+``moviegen.sampling.solver``, as ``moviegen.sample`` runs it, with the run's
+flow.sample_steps and guidance, a fixed seed so steps compare), with the EMA weights when
+EMA is on. Under FSDP, TP or CP the model's forward is a collective, so every rank runs
+the sampler on the same noise; only rank 0 decodes and writes:
   <output_dir>/samples/step_N/sample_<i>.webm + .gif   decoded with data.tae_checkpoint
   <output_dir>/samples/step_N/latents.pt               when the run has no TAE
 and TensorBoard ``samples/<i>`` (a video when moviepy is installed, else a strip of the
@@ -39,7 +39,7 @@ def _decoder(tae_dir: str | None):
 def write_samples(trainer, writer, step: int) -> str | None:
     """Generates ``train.sample_prompts`` on every rank; rank 0 writes them. Returns the
     directory written (rank 0) or None."""
-    from moviegen.sampling import generate
+    from moviegen.sampling.solver import sample_latents
 
     cfg = trainer.cfg
     prompts = cfg.train.sample_prompts
@@ -47,7 +47,7 @@ def write_samples(trainer, writer, step: int) -> str | None:
     weights = trainer.ema.applied(trainer.model) if trainer.ema else contextlib.nullcontext()
     trainer.model.eval()
     with weights, trainer.autocast():
-        latents = generate(trainer.model, trainer.text_encoders, cfg, prompts, shape,
+        latents = sample_latents(trainer.model, trainer.text_encoders, cfg, prompts, shape,
                            seed=cfg.train.seed, device=trainer.device)
     trainer.model.train()
     if not trainer.is_main:

@@ -16,7 +16,6 @@ FSDP under torchrun are ``Trainer``'s; this file says only what is particular to
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import torch
@@ -28,7 +27,7 @@ from moviegen.data.clips import (clip_loader_config, clips_manifest, has_media,
 from moviegen.data.loader import build_video_loader
 from moviegen.data.video_io import write_gif
 from moviegen.models.tae import (TAE, AxialAttention, ResBlock, kl_loss, outlier_penalty_loss,
-                                 save_tae)
+                                 psnr_from_mse, save_tae)
 from moviegen.training.checkpoint import ModelState, OptimizerState
 from moviegen.training.distributed import check_layout
 from moviegen.training.trainer import Trainer
@@ -119,11 +118,12 @@ class TAETrainer(Trainer):
                 if d.generate_if_missing <= 0:
                     raise ValueError(f"data.data_dir: no clips in '{data_dir}' (set "
                                      f"data.generate_if_missing > 0 to write synthetic ones)")
-                from moviegen.data.synthetic import generate
+                from moviegen.data.synthetic import write_synthetic_dataset
 
                 logger.info("no clips in %s: writing %d synthetic clips", data_dir,
                             d.generate_if_missing)
-                generate(data_dir, num_videos=d.generate_if_missing, seed=self.cfg.train.seed)
+                write_synthetic_dataset(data_dir, num_videos=d.generate_if_missing,
+                                        seed=self.cfg.train.seed)
             manifest, report = clips_manifest(data_dir, work, d.num_val)
             for path, why in report["unreadable"]:
                 logger.warning("skipping %s: %s", path, why)
@@ -222,7 +222,7 @@ class TAETrainer(Trainer):
             zs.append(mean.float().flatten())
         self.model.train()
         z = torch.cat(zs)
-        return 10.0 * math.log10(4.0 / max(se / n, 1e-12)), z.mean().item(), z.std().item()
+        return psnr_from_mse(se / n), z.mean().item(), z.std().item()
 
     def validate(self) -> dict:
         return {"psnr": self._held_out()[0]}

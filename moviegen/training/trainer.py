@@ -215,14 +215,6 @@ class Trainer:
         return {"loss": loss, "grad_norm": grad_norm, "metrics": metrics, "skipped": skipped,
                 "stop": stop, "fwd_bwd_s": t1 - t0, "optim_s": time.perf_counter() - t1}
 
-    def mean_over_dp(self, t: torch.Tensor) -> torch.Tensor:
-        """Average of a per-data-parallel-rank value (same on its CP/TP peers)."""
-        if self.dp_size == 1:
-            return t
-        t = t.detach().clone()
-        dist.all_reduce(t, group=self.mesh["dp"].get_group())
-        return t / self.dp_size
-
     def _validate(self, log: RunLog, history: dict) -> None:
         result = self.validate()
         history[self.val_key].append((self.step, result[self.val_key]))

@@ -13,13 +13,13 @@ wrote. Stages (each timed; the summary goes to <output_dir>/demo_summary.json):
   4. transformer train the flow-matching transformer on them (moviegen.train,
                  launch/configs/demo.yaml)
   5. sample      generate the held-out caption and three seen ones, decode with the TAE
-                 (tiled), write .webm + .gif, and judge each (moviegen.judge): the
+                 (tiled), write .webm + .gif, and judge each (moviegen.demo.judge): the
                  colour nearest to the shape's pixels (and that fraction), where the
                  shape goes frame by frame, and its outline (circle or square)
   6. conditioned the same transformer (trained with text-to-video, image-to-video and
                  extension tasks) from the first frame of a clip of the held-out caption
                  (image-to-video), and that clip extended to twice its length; judged
-                 like the samples, a strip of frames as a PNG (moviegen.demo_conditioned)
+                 like the samples, a strip of frames as a PNG (moviegen.demo.conditioned)
   7. plot        the loss and PSNR curves as a PNG
 
 Threads: on a shared or busy machine use OMP_NUM_THREADS=1 (scripts/quickstart.sh
@@ -39,30 +39,26 @@ from dataclasses import dataclass
 import torch
 
 from moviegen.config import run_cli
-from moviegen.data.synthetic import DEMO_COLORS, DEMO_HELD_OUT as HELD_OUT
-from moviegen.data.synthetic import DEMO_PROMPT as PROMPT, DEMO_SHAPES as SHAPES
+from moviegen.demo.scene import DEMO_COLORS, DEMO_SHAPES, HELD_OUT_PAIRING, HELD_OUT_PROMPT
+from moviegen.demo.scene import SAMPLE_PROMPTS
 from moviegen.training.metrics import format_duration
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TAE_CONFIG = os.path.join(ROOT, "launch", "configs", "tae_tiny.yaml")
 DEMO_CONFIG = os.path.join(ROOT, "launch", "configs", "demo.yaml")
-
-# the held-out caption, then three seen ones
-SAMPLE_PROMPTS = (PROMPT, "a red circle moves from left to right",
-                  "a blue square moves from right to left", "a green circle moves from top to bottom")
 
 FULL = dict(videos=240, tae_steps=800, steps=2000)
 QUICK = dict(videos=24, tae_steps=10, steps=20)
 
 
 def stage_data(out: str, n_videos: int) -> str:
-    from moviegen.data import synthetic
+    from moviegen.data.synthetic import write_synthetic_dataset
 
-    return synthetic.generate(os.path.join(out, "data"), num_videos=n_videos, num_images=n_videos // 8,
-                              seed=0, val_fraction=0.1, min_duration=2.0, max_duration=2.0,
-                              short_sides=(48,), frame_rates=(8,), colors=list(DEMO_COLORS),
-                              shapes=list(SHAPES), aspect_ratios=["1:1"],
-                              exclude=[f"{HELD_OUT[0]}+{HELD_OUT[1]}"])
+    return write_synthetic_dataset(
+        os.path.join(out, "data"), num_videos=n_videos, num_images=n_videos // 8, seed=0,
+        val_fraction=0.1, min_duration=2.0, max_duration=2.0, short_sides=(48,),
+        frame_rates=(8,), colors=list(DEMO_COLORS), shapes=list(DEMO_SHAPES),
+        aspect_ratios=["1:1"], exclude=["+".join(HELD_OUT_PAIRING)])
 
 
 def stage_tae(out: str, manifest: str, steps: int) -> dict:
@@ -104,19 +100,20 @@ def stage_transformer(overrides: list[str]) -> dict:
 
 
 def stage_sample(out: str, prompts: list[str], seed: int = 0) -> dict:
-    from moviegen.judge import judge, verdict_line
-    from moviegen.sample import generate, write_videos
+    from moviegen.demo.judge import judge, verdict_line
+    from moviegen.sample import write_videos
+    from moviegen.sampling.solver import sample_latents
     from moviegen.training.export import default_latent_shape, load_inference
 
     final = os.path.join(out, "transformer", "final")
     model, cfg, encoders = load_inference(final)
-    latents = generate(model, encoders, cfg, prompts, default_latent_shape(final, cfg), seed=seed,
+    latents = sample_latents(model, encoders, cfg, prompts, default_latent_shape(final, cfg), seed=seed,
                        progress=True)
     results = []
     for prompt, (path, video) in zip(prompts, write_videos(
             latents, cfg.data.tae_checkpoint, os.path.join(out, "sample.webm"), fps=8)):
         v = judge(video, prompt, DEMO_COLORS)
-        held = prompt == PROMPT
+        held = prompt == HELD_OUT_PROMPT
         print(f"[demo]   {'held out ' if held else 'seen     '} '{prompt}': "
               f"{verdict_line(prompt, v)}", flush=True)
         results.append({"prompt": prompt, "video": path,
@@ -192,7 +189,7 @@ def _plan(size: dict, quick: bool) -> str:
              f"machine; torch uses {threads} thread{'s' if threads > 1 else ''} "
              f"(OMP_NUM_THREADS)"]
     for i, (name, what, full, fast) in enumerate(STAGES, 1):
-        what = what.format(held=f"'{HELD_OUT[0]} ... {HELD_OUT[1]}'", **size)
+        what = what.format(held="'{} ... {}'".format(*HELD_OUT_PAIRING), **size)
         lines.append(f"[demo]   {i}. {name:<12}{what:<74} ~{format_duration(fast if quick else full)}")
     return "\n".join(lines)
 
@@ -229,7 +226,7 @@ def run(a: DemoArgs) -> dict:
     if os.path.exists(out):
         shutil.rmtree(out)  # the demo always starts fresh
     os.makedirs(out)
-    times, summary = {}, {"held_out_caption": PROMPT, "threads": torch.get_num_threads()}
+    times, summary = {}, {"held_out_caption": HELD_OUT_PROMPT, "threads": torch.get_num_threads()}
     print(_plan(size, a.quick), flush=True)
     index = {name: i for i, (name, *_) in enumerate(STAGES, 1)}
 
@@ -250,9 +247,10 @@ def run(a: DemoArgs) -> dict:
     summary["transformer"] = timed("transformer", stage_transformer, overrides)
     prompts = list(SAMPLE_PROMPTS)
     summary.update(timed("sample", stage_sample, out, prompts))
-    from moviegen.demo_conditioned import stage_conditioned
+    from moviegen.demo.conditioned import stage_conditioned
 
-    summary.update(timed("conditioned", stage_conditioned, out, PROMPT, DEMO_COLORS))
+    summary.update(timed("conditioned", stage_conditioned, out, HELD_OUT_PROMPT,
+                           DEMO_COLORS))
     png = os.path.join(out, "loss.png")
     timed("plot", plot_losses, out, png)
     times["total"] = round(time.perf_counter() - t_all, 1)
@@ -262,7 +260,7 @@ def run(a: DemoArgs) -> dict:
     with open(summary_path, "w") as f:
         json.dump(summary, f, indent=2)
     held = next(s for s in summary["samples"] if not s["seen_in_training"])
-    print(f"[demo] finished in {format_duration(times['total'])}. Held-out '{PROMPT}': "
+    print(f"[demo] finished in {format_duration(times['total'])}. Held-out '{HELD_OUT_PROMPT}': "
           f"colour {held['colour']['seen']} ({100 * held['colour']['fraction']:.0f}%), "
           f"motion {held['motion']['seen']} -> {'right' if held['ok'] else 'WRONG'}")
     print("[demo] wrote:")

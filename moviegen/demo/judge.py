@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from moviegen.data.synthetic import BACKGROUND, COLORS
+from moviegen.models.tae import psnr
 
 SHAPE_DISTANCE = 60.0  # RGB distance from the background beyond which a pixel is shape
 SQUARE_FILL = 0.9      # bounding-box fill above which the outline is a square
@@ -109,19 +110,13 @@ def verdict_line(caption: str, v: dict) -> str:
             + (f" (fill {s['fill']:.2f})" if s["fill"] is not None else "") + f" {mark(s['ok'])}")
 
 
-def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR of two frames or videos in [-1, 1] (peak-to-peak 2)."""
-    mse = (a.float().clamp(-1, 1) - b.float().clamp(-1, 1)).pow(2).mean()
-    return float(10 * torch.log10(4 / mse.clamp_min(1e-10)))
-
-
 def continuity(video_CTHW: torch.Tensor, joins: list[int]) -> dict:
     """How well the frames on either side of each join (the first frame of a new clip)
     agree: ``seam_psnr_db`` the worst join's PSNR between frames j-1 and j, against
     ``consecutive_psnr_db`` the median over every other pair of neighbouring frames (what
     the motion alone costs)."""
     T = video_CTHW.shape[1]
-    pairs = [psnr_db(video_CTHW[:, i - 1], video_CTHW[:, i]) for i in range(1, T)]
+    pairs = [psnr(video_CTHW[:, i - 1], video_CTHW[:, i]) for i in range(1, T)]
     seams = [pairs[j - 1] for j in joins]
     rest = [p for i, p in enumerate(pairs, 1) if i not in joins]
     return {"seam_psnr_db": round(min(seams), 2) if seams else None,

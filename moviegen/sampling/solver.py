@@ -264,7 +264,7 @@ def default_overlap(window: int) -> int:
 
 
 @torch.no_grad()
-def generate(model, encoders, cfg, prompts: list[str], latent_shape_CTHW, seed: int = 0,
+def sample_latents(model, encoders, cfg, prompts: list[str], latent_shape_CTHW, seed: int = 0,
              steps: int | None = None, guidance: float | None = None, device="cpu",
              progress: bool = False):
     """Text-to-video latents [B, C, T, H, W] for the prompts; windowed when T is longer

@@ -11,7 +11,7 @@ from moviegen.training.distributed import global_rank
 from moviegen.training.fault import NonFiniteError
 
 
-def launch(trainer_cls, config_cls, argv: list[str] | None, description: str) -> dict:
+def run_training(trainer_cls, config_cls, argv: list[str] | None, description: str) -> dict:
     rank = global_rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
@@ -29,11 +29,13 @@ def launch(trainer_cls, config_cls, argv: list[str] | None, description: str) ->
     finally:
         trainer.close()
     if rank == 0:
-        print(summary(trainer, history))
+        print(outcome_line(trainer, history))
     return history
 
 
-def summary(trainer, history: dict) -> str:
+def outcome_line(trainer, history: dict) -> str:
+    """How the run ended, in one line: the validation number from first to last, or the
+    resume hint after a preemption."""
     key, vals = trainer.val_key, history[trainer.val_key]
     if history["preempted"]:
         return (f"preempted at step {trainer.step}: checkpoint saved; run the same command "

@@ -1,4 +1,4 @@
-"""Generation tasks from files: what ``python -m moviegen.sample`` runs.
+"""Conditioned tasks from files: what ``python -m moviegen.sample`` runs.
 
     task         given                                          result (latent frames)
     t2v          the prompt                                     one clip
@@ -13,7 +13,8 @@
 Every task can be extended further with ``num_extensions``. Pixels enter and leave
 through the run's TAE (``encode`` of the input resized to the latent grid, scaled as in
 training; ``decode_tiled`` of the result). An image is encoded as a one-frame video.
-The samplers themselves are in ``moviegen.sampling``.
+The solver itself is in ``moviegen.sampling.solver``; the task names and each task's
+given frames in training are in ``moviegen.conditioning``.
 """
 from __future__ import annotations
 
@@ -24,11 +25,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from moviegen.sampling import Sampler, extend
+from moviegen.data.manifest import IMAGE_EXTS, VIDEO_EXTS
+from moviegen.sampling.solver import Sampler, extend
 
-TASKS = ("t2v", "i2v", "extend", "interpolate", "upsample")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-VIDEO_IN_EXTS = (".webm", ".mp4", ".mkv", ".mov", ".avi")
 UPSAMPLE_FACTOR = 2
 
 
@@ -38,7 +37,7 @@ class InputError(ValueError):
 
 def check_input_file(path: str, kind: str) -> None:
     """One-line errors for a missing, misnamed or undecodable --image / --video."""
-    exts = IMAGE_EXTS if kind == "image" else VIDEO_IN_EXTS
+    exts = IMAGE_EXTS if kind == "image" else VIDEO_EXTS
     if not os.path.isfile(path):
         raise InputError(f"{kind}: '{path}' does not exist")
     if os.path.splitext(path)[1].lower() not in exts:
@@ -111,7 +110,7 @@ def encode(tae, video_CTHW: torch.Tensor, height: int, width: int) -> torch.Tens
         return tae.scale_latents(tae.encode_tiled(video[None].float()))
 
 
-def generate(sampler: Sampler, tae, req: Request) -> Result:
+def run_request(sampler: Sampler, tae, req: Request) -> Result:
     """Runs one task (see the module docstring) and the extensions after it."""
     C, T, H, W = req.clip_shape_CTHW
     B = len(req.prompts)

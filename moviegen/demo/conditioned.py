@@ -4,7 +4,7 @@ text-to-video, image-to-video and extension tasks; launch/configs/demo.yaml).
 
 A clip of the held-out pairing is drawn the way moviegen.data.synthetic draws its data
 and written as a real VP9 file (the pairing never occurs in training). Then, through the
-same calls as ``python -m moviegen.sample`` (moviegen.generation):
+same calls as ``python -m moviegen.sample`` (moviegen.sampling.tasks):
   i2v     its first frame as a PNG -> ``--image``: ``first_frame_psnr_db`` (decoded first
           frame vs the given one), the shape's track and whether it moves as captioned
   extend  the clip -> ``--video --task extend``, extended until it has at least twice its
@@ -17,7 +17,7 @@ and a strip of frames of each as one PNG (``conditioned.png``).
 The demo runs it as its stage 6; on its own it measures the transformer of an existing
 demo directory again (writing <output_dir>/conditioned*, the results in conditioned.json):
 
-    python -m moviegen.demo_conditioned --output_dir runs/demo
+    python -m moviegen.demo.conditioned --output_dir runs/demo
 """
 from __future__ import annotations
 
@@ -86,10 +86,10 @@ def write_strip(path: str, rows: list[tuple[str, np.ndarray]]) -> str:
 
 def stage_conditioned(out: str, prompt: str, palette: tuple[str, ...], seed: int = 0) -> dict:
     from moviegen.data.video_io import read_video, write_gif, write_video
-    from moviegen.generation import Request, decode, generate, read_image
-    from moviegen.judge import continuity, judge, psnr_db, verdict_line
-    from moviegen.models.tae import load_tae
-    from moviegen.sampling import Sampler
+    from moviegen.demo.judge import continuity, judge, verdict_line
+    from moviegen.models.tae import load_tae, psnr
+    from moviegen.sampling.solver import Sampler
+    from moviegen.sampling.tasks import Request, decode, read_image, run_request
     from moviegen.training.export import default_latent_shape, load_inference
 
     final = os.path.join(out, "transformer", "final")
@@ -108,12 +108,12 @@ def stage_conditioned(out: str, prompt: str, palette: tuple[str, ...], seed: int
     Image.fromarray(to_uint8_frames(clip[:, :1])[0]).save(first_png)
     sampler = Sampler(model, encoders, cfg, progress=True)
 
-    i2v = decode(tae, generate(sampler, tae, Request(
+    i2v = decode(tae, run_request(sampler, tae, Request(
         [prompt], "i2v", image=first_png, clip_shape_CTHW=shape, seed=seed)).latents)[0]
     v = judge(i2v, prompt, palette)
     given = read_image(first_png)[:, 0]
     result_i2v = {"given_frame": first_png, "frames": i2v.shape[1],
-                  "first_frame_psnr_db": round(psnr_db(i2v[:, 0], given), 2),
+                  "first_frame_psnr_db": round(psnr(i2v[:, 0], given), 2),
                   "track_xy": v["track_xy"], "moves_as_captioned": v["motion"]["ok"],
                   "motion": v["motion"]["seen"], "colour": v["colour"]["seen"]}
     print(f"[demo]   i2v from the held-out clip's first frame: first frame "
@@ -123,9 +123,9 @@ def stage_conditioned(out: str, prompt: str, palette: tuple[str, ...], seed: int
     T, context = shape[1], max(1, shape[1] // 2)
     t_in = -(-clip.shape[1] // tae.temporal_compression)
     n_ext = -(-t_in // (T - context))  # at least t_in new latent frames: twice the clip
-    res = generate(sampler, tae, Request([prompt], "extend", video=clip_path,
-                                         clip_shape_CTHW=shape, num_extensions=n_ext,
-                                         context_frames=context, seed=seed))
+    res = run_request(sampler, tae, Request([prompt], "extend", video=clip_path,
+                                            clip_shape_CTHW=shape, num_extensions=n_ext,
+                                            context_frames=context, seed=seed))
     ext = decode(tae, res.latents)[0]
     joins = [j * tae.temporal_compression for j in res.joins]
     v2 = judge(ext, prompt, palette)
@@ -171,9 +171,9 @@ class ConditionedArgs:
 
 
 def run(a: ConditionedArgs) -> dict:
-    from moviegen.data.synthetic import DEMO_COLORS, DEMO_PROMPT
+    from moviegen.demo.scene import DEMO_COLORS, HELD_OUT_PROMPT
 
-    result = stage_conditioned(a.output_dir, DEMO_PROMPT, DEMO_COLORS, a.seed)
+    result = stage_conditioned(a.output_dir, HELD_OUT_PROMPT, DEMO_COLORS, a.seed)
     with open(os.path.join(a.output_dir, "conditioned.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "track_xy"}
