@@ -76,8 +76,7 @@ class DiffusionTrainer(Trainer):
             n_train = sum(p.numel() for n, p in model.named_parameters() if n in trainable)
             logger.info("train.trainable: %d of %d parameters train (%d tensors)",
                         n_train, n_all, len(trainable))
-        self.parallel = parallelize(model, self.dims, self.mesh, cfg.parallel,
-                                    self.device.type)
+        parallelize(model, self.dims, self.mesh, cfg.parallel, self.device.type)
         model.to_empty(device=self.device)
         # whole tensors from (train.seed, unit name), then this rank's shard: the same
         # initial weights on every layout (init_weights after sharding would draw each
@@ -184,9 +183,6 @@ class DiffusionTrainer(Trainer):
         from moviegen.training.samples import write_samples
 
         write_samples(self, log.writer, self.step)
-
-    def after_backward(self) -> None:
-        self.parallel.finish_grads()  # TP: sum sequence-parallel partial grads
 
     def sample_cost(self, latent_shape_BCTHW) -> tuple[int, float]:
         """(video tokens, model FLOPs) of one sample of this latent shape (moviegen.models.flops)."""
