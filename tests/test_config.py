@@ -58,6 +58,22 @@ def test_repeated_list_option_collects_and_scalar_last_wins():
     assert cfg.train.steps == 5 and cfg.metrics.profile_steps == [2, 4]
 
 
+def test_list_option_takes_space_separated_values_in_every_form():
+    """--key a b (what the help texts show), repeated, mixed and as a YAML list."""
+    def steps(*args):
+        return load_config(None, ["--train.steps=3", *args]).metrics.profile_steps
+
+    assert steps("--metrics.profile_steps", "2", "4", "6") == [2, 4, 6]
+    assert steps("--metrics.profile_steps", "2", "4", "--metrics.profile_steps", "6") == [2, 4, 6]
+    assert steps("--metrics.profile_steps=[2, 4]") == [2, 4]
+    assert steps("--metrics.profile_steps", "2", "--train.steps=5") == [2]
+    cfg = load_config(None, ["--model.patch_size", "1", "1", "1", "--train.steps", "7"])
+    assert cfg.model.patch_size == [1, 1, 1] and cfg.train.steps == 7
+    # a value after a scalar option is still refused (it cannot belong to anything)
+    with pytest.raises(ConfigError, match="unexpected argument '8'"):
+        load_config(None, ["--train.steps", "7", "8"])
+
+
 def test_yaml_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  steps: [1, 2\n")

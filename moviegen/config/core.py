@@ -153,7 +153,10 @@ def to_dict(cfg: Any) -> dict:
 
 
 # --------------------------------------------------------------------------- sources
-def _set_dotted(tree: dict, dotted: str, value: Any, repeat: bool = False) -> None:
+def _set_dotted(tree: dict, dotted: str, value: Any, repeat: bool = False,
+                extend: bool = False) -> None:
+    """Sets ``tree[a][b] = value`` for ``a.b``; with ``repeat``, a key given again adds to
+    its earlier values (``extend``: ``value`` is a list of values, not one value)."""
     parts = dotted.split(".")
     node = tree
     for p in parts[:-1]:
@@ -162,9 +165,10 @@ def _set_dotted(tree: dict, dotted: str, value: Any, repeat: bool = False) -> No
             raise ConfigError(f"--{dotted}: '{p}' is a value, not a section", key=dotted)
         node = child
     last = parts[-1]
+    new = value if extend else [value]
     if repeat and last in node:  # --prompt a --prompt b -> [a, b]
         prev = node[last]
-        node[last] = (prev if isinstance(prev, list) else [prev]) + [value]
+        node[last] = (prev if isinstance(prev, list) else [prev]) + new
     else:
         node[last] = value
 
@@ -189,11 +193,20 @@ def _is_list(tp) -> bool:
         typing.get_origin(a) in (list, tuple) for a in typing.get_args(tp))
 
 
+def _parse_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_overrides(args: list[str], cls: type | None = None) -> dict:
     """``["--train.steps=60", "--model.name", "1b"]`` -> nested dict (values parsed as YAML).
 
-    With ``cls``, a boolean field may be given as a bare flag (``--ema``) and a repeated
-    list field collects its values (``--prompt a --prompt b``); otherwise the last wins."""
+    With ``cls``, a boolean field may be given as a bare flag (``--ema``), and a list
+    field takes space-separated values (``--inputs a b``), a YAML list
+    (``--weights=[0.7,0.3]``) or repeats (``--prompt a --prompt b``), all collected in
+    order; for any other field the last value wins."""
     bools = _fields_of_type(cls, lambda tp: tp is bool)
     lists = _fields_of_type(cls, _is_list)
     tree: dict = {}
@@ -203,20 +216,23 @@ def parse_overrides(args: list[str], cls: type | None = None) -> dict:
         if not arg.startswith("--") or arg == "--":
             raise ConfigError(f"unexpected argument {arg!r}: options look like --key=value "
                               f"or --section.key=value")
+        extend = False
         if "=" in arg:
-            key, raw = arg[2:].split("=", 1)
+            key, value = arg[2:].split("=", 1)
+            value = _parse_value(value)
         elif arg[2:] in bools and (i + 1 >= len(args) or args[i + 1].startswith("--")):
-            key, raw = arg[2:], "true"
+            key, value = arg[2:], True
         else:
             if i + 1 >= len(args):
                 raise ConfigError(f"{arg}: missing value", key=arg[2:])
-            key, raw = arg[2:], args[i + 1]
+            key, value = arg[2:], _parse_value(args[i + 1])
             i += 1
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        _set_dotted(tree, key, value, repeat=key in lists)
+            if key in lists and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, extend = [value], True  # --inputs a b: every value up to the next option
+                while i + 1 < len(args) and not args[i + 1].startswith("--"):
+                    value.append(_parse_value(args[i + 1]))
+                    i += 1
+        _set_dotted(tree, key, value, repeat=key in lists, extend=extend)
         i += 1
     return tree
 
