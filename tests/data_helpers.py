@@ -57,6 +57,20 @@ def write_h264(path: str, width: int = 48, height: int = 32, frames: int = 16, f
     write_frames(path, arr, fps, codec="libx264")
 
 
+def probe_video(path: str) -> dict:
+    """Decodes the whole file and reports what a player would see: frames, width, height,
+    fps and codec."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        n = sum(1 for _ in container.decode(video=0))
+        return {"frames": n, "width": stream.codec_context.width,
+                "height": stream.codec_context.height,
+                "fps": float(stream.average_rate) if stream.average_rate else None,
+                "codec": stream.codec_context.name}
+
+
 def broken_dataset() -> tuple[str, dict[str, str]]:
     """(manifest, {kind: absolute path}) = the clean set + one broken file per kind.
 
