@@ -148,6 +148,26 @@ def validate_tree(cfg: Any) -> None:
             raise ConfigError(str(e), key=str(e).split(":")[0]) from None
 
 
+def _get_dotted(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_keys_read(cfg: Any) -> None:
+    """A job that shares sections with another but does not read some of their keys lists
+    them in its class's ``NOT_READ`` (dotted key -> why, and what to use instead): a value
+    other than the job's own default for one of them is an error, not silently ignored."""
+    not_read = getattr(type(cfg), "NOT_READ", None) or {}
+    if not not_read:
+        return
+    default = type(cfg)()
+    for key, why in not_read.items():
+        value, usual = _get_dotted(cfg, key), _get_dotted(default, key)
+        check(value == usual, key, f"{value!r} is not read by this job: {why}; remove it "
+              f"(the default is {usual!r})")
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -284,12 +304,14 @@ def load_config(path: str | None, overrides: list[str] | None, cls: type,
     try:
         cfg = build_dataclass(cls, _deep_merge(tree, cli))
         if validate:
+            check_keys_read(cfg)  # first: a key the job ignores needs no other rule
             validate_tree(cfg)
     except ConfigError as e:
         bare = (e.key or "").split("[")[0]
 
-        def given(keys: set[str]) -> bool:
-            return bare in keys or any(bare.startswith(k + ".") for k in keys)
+        def given(keys: set[str]) -> bool:  # the key, a section above it, or a mapping
+            return bare in keys or any(bare.startswith(k + ".") or k.startswith(bare + ".")
+                                       for k in keys)  # value under it (train.tasks.t2v)
 
         if given(cli_keys):
             raise ConfigError(f"command line: {e}", key=e.key) from None
@@ -317,16 +339,23 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """One line per field: --dotted.key (default): docstring."""
+def describe(cls: type, prefix: str = "", not_read: dict | None = None) -> list[str]:
+    """One line per field: --dotted.key (default): docstring; a key the job does not read
+    (its ``NOT_READ``) says so instead."""
     lines = []
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
+    if not_read is None:
+        not_read = getattr(cls, "NOT_READ", None) or {}
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             lines.append(f"[{prefix}{f.name}] {docs.get(f.name, '')}")
-            lines.extend(describe(tp, prefix + f.name + "."))
+            lines.extend(describe(tp, prefix + f.name + ".", not_read))
+            continue
+        if prefix + f.name in not_read:
+            lines.append(f"  --{prefix}{f.name}: not read by this job "
+                         f"({not_read[prefix + f.name]})")
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default
