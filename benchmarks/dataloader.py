@@ -51,7 +51,7 @@ import data_files  # noqa: E402
 import dataloader_report  # noqa: E402
 from moviegen.data import build_video_loader, load_manifest  # noqa: E402
 from moviegen.data import dali_decode  # noqa: E402
-from moviegen.data.config import VideoDataConfig  # noqa: E402
+from moviegen.config.video import VideoDataConfig  # noqa: E402
 from moviegen.data.decode import DALI_CPU_CODECS  # noqa: E402
 from moviegen.data.manifest_cache import cache_path  # noqa: E402
 

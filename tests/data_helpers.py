@@ -15,7 +15,7 @@ import tempfile
 import numpy as np
 
 from moviegen.data import synthetic
-from moviegen.data.config import VideoDataConfig
+from moviegen.config.video import VideoDataConfig
 from moviegen.data.video_io import write_frames
 
 _CACHE: dict[str, str] = {}

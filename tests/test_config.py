@@ -34,8 +34,10 @@ def test_float_field_accepts_int_and_list_of_sections():
     ("--model.kernels=cuda", "model.kernels"),
 ])
 def test_bad_values_name_the_key(override, needle):
-    with pytest.raises(ConfigError) as e:
-        load_config(TINY, [override])
+    from moviegen.training.diffusion import check_job
+
+    with pytest.raises(ConfigError) as e:  # as python -m moviegen.train parses
+        load_config(TINY, [override], checks=check_job)
     assert needle in str(e.value)
     # the source of the bad value is named: here the command line (alone, or with the file
     # for a rule between values), never the YAML file alone

@@ -292,8 +292,10 @@ def read_yaml(path: str) -> dict:
 
 
 def load_config(path: str | None, overrides: list[str] | None, cls: type,
-                validate: bool = True) -> Any:
-    """Defaults < YAML file < command-line overrides; then every section's ``validate``.
+                validate: bool = True, checks=None) -> Any:
+    """Defaults < YAML file < command-line overrides; then every section's ``validate``,
+    then ``checks(cfg)``: the job's rules that need code this package does not import
+    (the data's shapes, the model's parameter names), given by the job's entry point.
 
     An error names its source: ``FILE: key: why`` for a value from the file (or a rule
     between values), ``command line: --key: why`` for a value given on the command line."""
@@ -306,6 +308,8 @@ def load_config(path: str | None, overrides: list[str] | None, cls: type,
         if validate:
             check_keys_read(cfg)  # first: a key the job ignores needs no other rule
             validate_tree(cfg)
+            if checks is not None:
+                checks(cfg)
     except ConfigError as e:
         bare = (e.key or "").split("[")[0]
 
@@ -397,11 +401,13 @@ def print_help(cls: type, description: str) -> None:
 
 
 def parse_args(cls: type, argv: list[str] | None = None, description: str = "",
-               config_file: bool = True, positional: str | None = None) -> Any:
+               config_file: bool = True, positional: str | None = None,
+               checks=None) -> Any:
     """The one command-line parser of every entry point: ``-h/--help`` prints the
     description and every field with its default and docstring, then exits 0; a
     ``ConfigError`` propagates (entry points print it and exit 2). ``positional`` names
-    the field a leading bare argument sets (``python -m moviegen.plot RUN_DIR``)."""
+    the field a leading bare argument sets (``python -m moviegen.plot RUN_DIR``);
+    ``checks`` see load_config."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         try:
@@ -413,7 +419,7 @@ def parse_args(cls: type, argv: list[str] | None = None, description: str = "",
     if positional and argv and not argv[0].startswith("-"):
         argv = [f"--{positional}={argv[0]}", *argv[1:]]
     path, rest = split_config_arg(argv) if config_file else (None, argv)
-    return load_config(path, rest, cls=cls)
+    return load_config(path, rest, cls=cls, checks=checks)
 
 
 def run_cli(fn, cls: type, argv: list[str] | None, description: str, **kwargs):

@@ -12,7 +12,7 @@ from typing import ClassVar, Optional
 
 from moviegen.config.core import check, check_choice, check_output_dir
 from moviegen.config.job import CheckpointConfig, MetricsConfig, ParallelConfig, TrainConfig
-from moviegen.models.tae import TAEConfig
+from moviegen.models.sizes import TAEConfig
 
 
 @dataclass

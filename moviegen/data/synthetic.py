@@ -121,7 +121,7 @@ def generate(output_dir: str, num_videos: int, num_images: int = 0, seed: int = 
     """Writes the dataset; returns the manifest path. ``colors``/``shapes``/``aspect_ratios``
     restrict the vocabulary (names from COLORS, SHAPES, ASPECT_RATIOS; None = all)."""
     from moviegen.data.buckets import assign_buckets, make_buckets
-    from moviegen.data.config import VideoDataConfig
+    from moviegen.config.video import VideoDataConfig
     from moviegen.data.manifest import load_manifest, write_rows
 
     rng = np.random.default_rng(seed)

@@ -43,6 +43,27 @@ from moviegen.parallel.state import (gather_full_state_dict, init_shards, load_f
 logger = logging.getLogger("moviegen.training")
 
 
+def check_job(cfg) -> None:
+    """The transformer job's config rules that need the data and model code (moviegen.config
+    imports neither): train.tasks' names, every data shape (synthetic, the video buckets,
+    a precomputed index) against the position tables and the attention windows, the tasks
+    against those shapes, and train.trainable against the model's parameter names.
+    ``python -m moviegen.train`` runs them while parsing, so an error names its source,
+    before any process group or output exists."""
+    from moviegen.conditioning import TASKS, check_tasks
+    from moviegen.config import check
+    from moviegen.training.optim import check_trainable
+
+    for name in cfg.train.tasks:
+        check(name in TASKS, "train.tasks", f"unknown task '{name}' (choose from "
+              f"{', '.join(TASKS)})")
+    grids = latent_grids(cfg)
+    for name, T, H, W in grids:
+        cfg.model.patch_grid_fits(name, T, H, W)
+    check_tasks(cfg, grids)
+    check_trainable(cfg)
+
+
 def job_layout(cfg, world: int):
     """ParallelDims of a transformer job on ``world`` ranks: every layout rule (world size,
     heads and FFN width against tp, each data shape's tokens against cp x tp, the global
@@ -58,6 +79,7 @@ def job_layout(cfg, world: int):
 class DiffusionTrainer(Trainer):
     label = "train"
     val_key = "val_loss"
+    check_config = staticmethod(check_job)
 
     def check_layout(self, world: int):
         return job_layout(self.cfg, world)

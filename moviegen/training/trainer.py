@@ -2,6 +2,8 @@
 
 A model's trainer subclasses ``Trainer`` and supplies what differs (torchtitan's pattern):
 
+    check_config(cfg)          optional: config rules that need the model or data code
+                               (run while the command line is parsed)
     check_layout(world)        layout rules that need the model or data (before any
                                process group), returns ParallelDims
     build_model()              meta -> parallelize -> materialise -> init; returns the model
@@ -101,6 +103,12 @@ class Trainer:
             logger.info("resumed from %s at step %d", self.resumed_from, self.step)
 
     # -- what a model's trainer supplies ------------------------------------
+    @staticmethod
+    def check_config(cfg) -> None:
+        """Config rules that need the model's or the data's code (moviegen.config imports
+        neither); moviegen.training.launch runs them while parsing, so an error names
+        where the value came from."""
+
     def check_layout(self, world: int):
         raise NotImplementedError
 
