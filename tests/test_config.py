@@ -76,6 +76,26 @@ def test_list_option_takes_space_separated_values_in_every_form():
         load_config(None, ["--train.steps", "7", "8"])
 
 
+def test_a_value_the_file_leaves_to_its_user_is_required(tmp_path):
+    """``???`` in a YAML file (Hydra's convention): an error naming the key, its meaning
+    and how to give it, until the command line (or a copy of the file) gives it."""
+    f = tmp_path / "stage.yaml"
+    f.write_text('text:\n  encoders:\n    - {name: ul2, path: "???"}\n'
+                 'data:\n  kind: precomputed\n  precomputed_dir: "???"\n')
+    with pytest.raises(ConfigError, match=rf"^{f}: text.encoders\[0\].path: required \(for "
+                                          rf"text.encoders\[0\], 'ul2'\).*save_pretrained"):
+        load_config(str(f), [f"--output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=rf"^{f}: data.precomputed_dir: required, the file "
+                                          rf"leaves it to you: .*moviegen.precompute.*"
+                                          rf"give --data.precomputed_dir=\.\.\."):
+        load_config(str(f), [f"--output_dir={tmp_path}", "--text.encoders=[{name: ul2}]"])
+    (tmp_path / "pre").mkdir()
+    (tmp_path / "pre" / "index.json").write_text('{"shards": []}')
+    cfg = load_config(str(f), [f"--output_dir={tmp_path}", "--text.encoders=[{name: ul2}]",
+                               f"--data.precomputed_dir={tmp_path / 'pre'}"])
+    assert cfg.data.precomputed_dir == str(tmp_path / "pre")
+
+
 def test_yaml_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  steps: [1, 2\n")

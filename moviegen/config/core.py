@@ -7,8 +7,10 @@ string literal under the field) and parses them here:
 
 Values are checked against the annotations; a section (a nested dataclass) may define
 ``validate(self)`` for its own rules, and a top-level class may check rules across
-sections in its own ``validate``. Every error is a ``ConfigError`` that names the dotted
-key and where the bad value came from (the YAML file or the command line), and is raised
+sections in its own ``validate``. A YAML file may leave a value to its user with ``???``
+(Hydra's convention: a stage config's data and text encoders); one not given is an error
+that says what to put there. Every error is a ``ConfigError`` that names the dotted key
+and where the bad value came from (the YAML file or the command line), and is raised
 before any process group, model or output file exists.
 """
 from __future__ import annotations
@@ -267,6 +269,57 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+# A value a config file leaves for its user to give (the "???" of Hydra / OmegaConf): a
+# stage config names the data and the text encoders it needs without inventing them.
+REQUIRED = "???"
+
+
+def _required_leaves(node: Any, key: str = "", parent: Any = None):
+    """(dotted key, the mapping holding it) of every value still ``REQUIRED`` in a merged
+    tree; list items are named ``key[i]``."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _required_leaves(v, f"{key}.{k}" if key else k, node)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _required_leaves(v, f"{key}[{i}]", parent)
+    elif node == REQUIRED:
+        yield key, parent
+
+
+def _field_doc(cls: type, key: str) -> str:
+    """The docstring of the field at dotted ``key`` (``a.b[0].c``) under ``cls``."""
+    doc = ""
+    for part in key.split("."):
+        name = part.split("[")[0]
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            return doc
+        tp = typing.get_type_hints(cls).get(name)
+        doc = field_docs(cls).get(name, "")
+        if "[" in part:  # a list item: its element type
+            tp = (typing.get_args(tp) or (None,))[0]
+        cls = next((a for a in (tp, *typing.get_args(tp))
+                    if isinstance(a, type) and dataclasses.is_dataclass(a)), None)
+    return doc
+
+
+def check_required(tree: dict, cls: type) -> None:
+    """Every value a config file marked ``???`` was given: otherwise a ConfigError naming
+    the key, what it means and how to give it."""
+    for key, parent in _required_leaves(tree):
+        doc = _field_doc(cls, key)
+        item = ""
+        if "[" in key:
+            how = (f"set it in a copy of the file, or give the whole list with "
+                   f"--{key.split('[')[0]}='[...]'")
+            if isinstance(parent, dict) and "name" in parent:  # which item: its name
+                item = f" (for {key.rsplit('.', 1)[0]}, '{parent['name']}')"
+        else:
+            how = f"give --{key}=... or set it in a copy of the file"
+        raise ConfigError(f"{key}: required{item}, the file leaves it to you: {doc} ({how})",
+                          key=key)
+
+
 def _dotted_keys(tree: dict, prefix: str = "") -> set[str]:
     """Dotted names of the values set in ``tree`` (leaves, not sections)."""
     out = set()
@@ -293,7 +346,8 @@ def read_yaml(path: str) -> dict:
 
 def load_config(path: str | None, overrides: list[str] | None, cls: type,
                 validate: bool = True, checks=None) -> Any:
-    """Defaults < YAML file < command-line overrides; then every section's ``validate``,
+    """Defaults < YAML file < command-line overrides (every ``???`` of the file given);
+    then every section's ``validate``,
     then ``checks(cfg)``: the job's rules that need code this package does not import
     (the data's shapes, the model's parameter names), given by the job's entry point.
 
@@ -304,7 +358,9 @@ def load_config(path: str | None, overrides: list[str] | None, cls: type,
     cli_keys = _dotted_keys(cli)
     source = path or "<defaults>"
     try:
-        cfg = build_dataclass(cls, _deep_merge(tree, cli))
+        merged = _deep_merge(tree, cli)
+        check_required(merged, cls)
+        cfg = build_dataclass(cls, merged)
         if validate:
             check_keys_read(cfg)  # first: a key the job ignores needs no other rule
             validate_tree(cfg)

@@ -220,12 +220,18 @@ class DataConfig:
                   f"file '{self.video.manifest}' does not exist")
             check_choice(self.encoder, "data.encoder", ("random_patch", "tae"))
             if self.encoder == "tae":
-                check(self.tae_checkpoint is not None and os.path.isdir(self.tae_checkpoint),
+                check(self.tae_checkpoint is not None, "data.tae_checkpoint",
+                      "required with data.encoder=tae: the output_dir of python -m "
+                      "moviegen.train_tae (tae.safetensors + tae_config.json)")
+                check(os.path.isdir(self.tae_checkpoint),
                       "data.tae_checkpoint", f"'{self.tae_checkpoint}' is not a TAE directory "
                       f"(python -m moviegen.train_tae writes one)")
         else:
-            check(self.precomputed_dir is not None and
-                  os.path.exists(os.path.join(self.precomputed_dir, "index.json")),
+            check(self.precomputed_dir is not None, "data.precomputed_dir",
+                  "required with data.kind=precomputed: the output directory of python -m "
+                  "moviegen.precompute (this config with --data.video.manifest=M "
+                  "--data.tae_checkpoint=T --data.precomputed_dir=D writes it)")
+            check(os.path.exists(os.path.join(self.precomputed_dir, "index.json")),
                   "data.precomputed_dir", f"no index.json in '{self.precomputed_dir}' "
                   f"(python -m moviegen.precompute writes it)")
 
