@@ -81,14 +81,14 @@ def _pyav_default_rgb(path, times):
     """The same frames as the loader's PyAV path, converted to RGB with swscale's default
     flags instead of the exact ones (ACCURATE_RND | FULL_CHR_H_INT) that match DALI:
     separates the cost of the colour conversion from that of decoding."""
-    from moviegen.data import decode
+    from moviegen.data import decode, video_io
 
-    saved = decode._rgb_interpolation
-    decode._rgb_interpolation = lambda: None
+    saved = video_io.rgb_interpolation
+    video_io.rgb_interpolation = lambda: None
     try:
         return decode.decode_video_pyav(path, None, times=np.asarray(times))
     finally:
-        decode._rgb_interpolation = saved
+        video_io.rgb_interpolation = saved
 
 
 def compare(files: list[dict], repeats: int) -> dict:

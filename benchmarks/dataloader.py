@@ -3,7 +3,7 @@
     python benchmarks/dataloader.py                  # ~10 min on 2 lightly shared cores
     python benchmarks/dataloader.py --quick          # smoke run, under a minute
     python benchmarks/dataloader.py --clips 4 --repeats 3 --batches 2 \
-        --torchcodec-ffmpeg-from-pyav --update-results   # the committed results
+        --torchcodec_ffmpeg_from_pyav --update_results   # the committed results
 
 What it does, all in one run on the same files:
   1. encodes H.264 (.mp4, libx264) and VP9 (.webm, libvpx-vp9) clips at 256 px (448x256)
@@ -16,7 +16,7 @@ What it does, all in one run on the same files:
      H.264, so H.264 rows always go to the CPU decoder. Each configuration is run
      --repeats times, interleaved, and reported as median [min-max] clips/s;
   3. decodes the same frames with PyAV and torchcodec in one process
-     (benchmarks/cpu_decoders.py; torchcodec only where it loads: --torchcodec-ffmpeg-from-pyav);
+     (benchmarks/cpu_decoders.py; torchcodec only where it loads: --torchcodec_ffmpeg_from_pyav);
   4. writes a --rows manifest (paths cycle over the 256 px H.264 clips, captions are
      unique) and times a fresh loader to its first batch, parsing the JSONL and from its
      Parquet copy.
@@ -25,7 +25,7 @@ worker rounds (the timed batch count is rounded up to a multiple of the workers)
 W workers the DataLoader hands out batches in waves of W, and a window that ends
 mid-wave counts batches decoded before it started. Results: a table on stdout,
 --output (default runs/benchmarks/dataloader_cpu.json) and .md beside it (machine, load
-average, versions, command); --update-results writes benchmarks/results/dataloader_cpu.*.
+average, versions, command); --update_results writes benchmarks/results/dataloader_cpu.*.
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -51,7 +50,7 @@ import data_files  # noqa: E402
 import dataloader_report  # noqa: E402
 from moviegen.data import build_video_loader, load_manifest  # noqa: E402
 from moviegen.data import dali_decode  # noqa: E402
-from moviegen.data.config import VideoDataConfig  # noqa: E402
+from moviegen.config.video import VideoDataConfig  # noqa: E402
 from moviegen.data.decode import DALI_CPU_CODECS  # noqa: E402
 from moviegen.data.manifest_cache import cache_path  # noqa: E402
 
@@ -202,12 +201,12 @@ def main(argv=None):
     p.add_argument("--clips", type=int, default=4,
                    help="clips per (codec, size) set (a 256 px batch holds 4)")
     p.add_argument("--rows", type=int, default=1_000_000, help="rows of the big manifest")
-    p.add_argument("--torchcodec-ffmpeg-from-pyav", dest="tc_pyav_ffmpeg", action="store_true",
+    p.add_argument("--torchcodec_ffmpeg_from_pyav", dest="tc_pyav_ffmpeg", action="store_true",
                    help="let torchcodec load PyAV's bundled FFmpeg (see cpu_decoders.py)")
     p.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
     p.add_argument("--output", default=os.path.join("runs", "benchmarks", "dataloader_cpu.json"),
                    help="JSON file (markdown beside it)")
-    p.add_argument("--update-results", dest="update_results", action="store_true",
+    p.add_argument("--update_results", dest="update_results", action="store_true",
                    help="write the committed benchmarks/results/dataloader_cpu.* instead")
     a = p.parse_args(argv)
     if a.quick:

@@ -87,7 +87,7 @@ def to_markdown(res: dict) -> str:
     rule = "|---|---|---|"
     if tc.get("available"):
         lines += [f"torchcodec {tc['version']}" + (" loading PyAV's bundled FFmpeg "
-                  "(--torchcodec-ffmpeg-from-pyav)" if dec.get("ffmpeg_from_pyav") else ""), ""]
+                  "(--torchcodec_ffmpeg_from_pyav)" if dec.get("ffmpeg_from_pyav") else ""), ""]
         head += " torchcodec s/clip | mean abs pixel diff, torchcodec vs exact PyAV |"
         rule += "---|---|"
     else:

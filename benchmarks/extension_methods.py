@@ -124,8 +124,8 @@ def main(argv=None) -> dict:
               f"/{len(clips)}, {row['s_per_clip']:.1f} s/clip", flush=True)
 
     print()
-    print(f"| method | seam PSNR (dB) | neighbouring frames elsewhere (dB) | moves as captioned "
-          f"| s / clip |")
+    print("| method | seam PSNR (dB) | neighbouring frames elsewhere (dB) | moves as captioned "
+          "| s / clip |")
     print("|---|---|---|---|---|")
     for r in results:
         print(f"| {r['name']} | {r['seam_psnr_db']:.2f} | {r['consecutive_psnr_db']:.2f} | "

@@ -5,16 +5,16 @@ flash attention vs every available SDPA backend; forward, backward, forward+back
     python benchmarks/kernel_bench.py --quick         # smaller shapes, a smoke run
     python benchmarks/kernel_bench.py --check         # bf16/fp16 correctness of every kernel vs the
                                                  # float64 reference (bf16 cannot be checked on CPU)
-    python benchmarks/kernel_bench.py --compile-only --arch sm_90a --output FILE.json
+    python benchmarks/kernel_bench.py --compile_only --arch sm_90a --output FILE.json
         # no GPU needed: every kernel x every autotune config built to a cubin for sm_90a;
         # registers, spill bytes and shared memory per config (moviegen/kernels/compile_report.py)
 
 Units: GB/s for the memory-bound kernels (bytes = each input read once + each output
 written once, user-visible tensors only), next to the device-to-device copy bandwidth
 measured in the same run; TFLOP/s for attention (4*B*H*Sq*Sk*E forward, 2.5x that
-backward, 3.5x forward+backward). Writes <--out-dir>/kernels_<device>.json and .md
+backward, 3.5x forward+backward). Writes <--out_dir>/kernels_<device>.json and .md
 (device, torch and triton versions, the command; default folder runs/benchmarks);
---update-results writes them to the committed benchmarks/results/ instead.
+--update_results writes them to the committed benchmarks/results/ instead.
 
 Targets on H100 (figures, not assertions): adaLN and position add >= 85% of the
 copy bandwidth and faster than torch.compile; attention fwd+bwd at E=128, S 8k..73k at
@@ -40,12 +40,12 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--compile-only", action="store_true",
+    p.add_argument("--compile_only", action="store_true",
                    help="build every kernel x autotune config for --arch without a GPU; write --output")
-    p.add_argument("--arch", default="sm_90a", help="target of --compile-only (sm_90a: H100/H200)")
-    p.add_argument("--output", default=None, help="JSON file of --compile-only (markdown beside it)")
-    p.add_argument("--subset", action="store_true", help="--compile-only: one config per kernel (fast)")
-    p.add_argument("--dry-run", action="store_true",
+    p.add_argument("--arch", default="sm_90a", help="target of --compile_only (sm_90a: H100/H200)")
+    p.add_argument("--output", default=None, help="JSON file of --compile_only (markdown beside it)")
+    p.add_argument("--subset", action="store_true", help="--compile_only: one config per kernel (fast)")
+    p.add_argument("--dry_run", action="store_true",
                    help="with --check: toy sizes on CPU under TRITON_INTERPRET=1")
     p.add_argument("--check", action="store_true",
                    help="verify every Triton kernel against the float64 reference in bf16 and fp16, then exit")
@@ -55,15 +55,15 @@ def parse_args(argv=None):
     p.add_argument("--tokens", type=int, default=73728, help="tokens per sample S for the memory-bound kernels")
     p.add_argument("--seqs", default="8192,16384,32768,73728", help="attention sequence lengths")
     p.add_argument("--heads", type=int, default=16, help="attention heads (head dim 128)")
-    p.add_argument("--attn-tokens", type=int, default=131072,
+    p.add_argument("--attn_tokens", type=int, default=131072,
                    help="batch = max(1, attn_tokens // seq): keeps work per row comparable")
     p.add_argument("--ops", default="modnorm,gated,posembed,attention,cross_attention",
                    help="comma list of ops to run")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
-    p.add_argument("--out-dir", default=os.path.join("runs", "benchmarks"),
+    p.add_argument("--no_compile", action="store_true", help="skip the torch.compile baselines")
+    p.add_argument("--out_dir", default=os.path.join("runs", "benchmarks"),
                    help="folder for the JSON and markdown results")
-    p.add_argument("--update-results", dest="update_results", action="store_true",
-                   help="write to the committed benchmarks/results/ instead of --out-dir")
+    p.add_argument("--update_results", dest="update_results", action="store_true",
+                   help="write to the committed benchmarks/results/ instead of --out_dir")
     args = p.parse_args(argv)
     if args.update_results:
         args.out_dir = os.path.join(ROOT, "benchmarks", "results")
@@ -431,7 +431,7 @@ def main(argv=None) -> int:
                          out_dir=args.out_dir)
     if args.compile_only:
         if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-            print("--compile-only builds real cubins: unset TRITON_INTERPRET", file=sys.stderr)
+            print("--compile_only builds real cubins: unset TRITON_INTERPRET", file=sys.stderr)
             return 2
         return run_compile_only(args)
     if not torch.cuda.is_available():

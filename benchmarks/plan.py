@@ -42,7 +42,7 @@ so the per-rank state scales exactly with depth; sharding all 48 over 6,144 rank
 about a minute per layout).
 
 Writes --output (JSON, and a Markdown table beside it; default under runs/plan/);
---update-results writes benchmarks/results/plan_<model>_<world>.{json,md} instead.
+--update_results writes benchmarks/results/plan_<model>_<world>.{json,md} instead.
 """
 from __future__ import annotations
 
@@ -249,7 +249,7 @@ def parse(argv=None):
     ap.add_argument("--output", default=None,
                     help="JSON file (a .md table is written beside it; default "
                          "runs/plan/plan_<model>_<world>_<seq_len>.json)")
-    ap.add_argument("--update-results", dest="update_results", action="store_true",
+    ap.add_argument("--update_results", dest="update_results", action="store_true",
                     help="write the committed benchmarks/results/plan_<model>_<world>.* instead")
     a = ap.parse_args(argv)
     for item in a.compare:

@@ -10,7 +10,7 @@ combination of --kernels x --ac x --compile in one run. Reports tokens/s, model 
 SXM; also used for H200, whose dense bf16 peak is the same) on CUDA, and peak memory
 (CUDA: peak allocated; CPU: the process's peak RSS, which AC modes barely move).
 Writes --output (JSON, and a Markdown table beside it; default
-runs/benchmarks/throughput_<device>.json); --update-results writes the committed
+runs/benchmarks/throughput_<device>.json); --update_results writes the committed
 benchmarks/results/throughput_<device>.* instead.
 """
 from __future__ import annotations
@@ -125,7 +125,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--output", default=None,
                     help="JSON file (markdown beside it); default runs/benchmarks/throughput_<device>.json")
-    ap.add_argument("--update-results", dest="update_results", action="store_true",
+    ap.add_argument("--update_results", dest="update_results", action="store_true",
                     help="write the committed benchmarks/results/throughput_<device>.* instead")
     a = ap.parse_args(argv)
     if a.output is not None and not a.output.endswith(".json"):

@@ -26,8 +26,8 @@ from moviegen.training.averaging import AverageError, average
 @dataclass
 class AverageArgs:
     inputs: list[str]
-    """Exports (<output_dir>/final) or checkpoints (<output_dir>/checkpoints/step_N);
-    repeat --inputs or give a list."""
+    """Exports (<output_dir>/final) or checkpoints (<output_dir>/checkpoints/step_N):
+    space-separated (--inputs A B), --inputs repeated, or a list (--inputs=[A,B])."""
     output: str
     """Export directory to write."""
     weights: Optional[list[float]] = None

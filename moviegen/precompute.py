@@ -3,6 +3,9 @@
     python -m moviegen.precompute --config launch/configs/demo.yaml
     torchrun --nproc_per_node=4 -m moviegen.precompute --config ...   # split over ranks
 
+Runs where training would (``train.device``: auto takes this rank's GPU and NCCL when
+there is one, else the CPU and gloo).
+
 Reads the video/image files of ``data.video`` (train and val splits) through the data
 loader, encodes pixels with the frozen TAE of ``data.tae_checkpoint`` (scaled latents)
 and captions with the configured text encoders, and writes sharded safetensors under
@@ -24,17 +27,14 @@ from moviegen.data.precomputed import SPLITS, precompute_split, write_index
 logger = logging.getLogger("moviegen.precompute")
 
 
-def run(cfg) -> dict:
+def run(cfg, device: torch.device) -> dict:
     from moviegen.data.sources import TAELatentEncoder
     from moviegen.models.text_encoders import TextEncoders
+    from moviegen.training.distributed import global_rank, start_process_group, world_size
 
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world = global_rank(), world_size()
     if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-    device = torch.device("cpu")
+        start_process_group(device)
     out_dir = cfg.data.precomputed_dir
     os.makedirs(out_dir, exist_ok=True)
     encoder = TAELatentEncoder(cfg.data.tae_checkpoint).to(device)
@@ -93,13 +93,17 @@ def summary(report: dict, out_dir: str) -> str:
 
 
 def _run_checked(cfg: JobConfig) -> dict:
+    from moviegen.training.distributed import pick_device
+
     try:
         check(cfg.data.precomputed_dir is not None, "data.precomputed_dir",
               "set where the shards go")
+        device = pick_device(cfg.train.device)  # as training picks it: a GPU when there is one
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    report = run(cfg)
+    logger.info("encoding on %s", device)
+    report = run(cfg, device)
     if int(os.environ.get("RANK", 0)) == 0:
         print(summary(report, cfg.data.precomputed_dir), flush=True)
     return report

@@ -52,7 +52,7 @@ class SampleArgs:
     checkpoint: str
     """Export directory of a run (<output_dir>/final)."""
     prompt: list[str]
-    """Caption; repeat --prompt for a batch."""
+    """Caption; several make a batch (--prompt "a" "b", or --prompt repeated)."""
     output: str
     """.webm or .mp4 (decoded with the TAE, plus a .gif preview) or .pt (latents only)."""
     image: Optional[str] = None

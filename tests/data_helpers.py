@@ -15,7 +15,7 @@ import tempfile
 import numpy as np
 
 from moviegen.data import synthetic
-from moviegen.data.config import VideoDataConfig
+from moviegen.config.video import VideoDataConfig
 from moviegen.data.video_io import write_frames
 
 _CACHE: dict[str, str] = {}
@@ -55,6 +55,20 @@ def write_h264(path: str, width: int = 48, height: int = 32, frames: int = 16, f
                                          (0.2 + 0.6 * k / (frames - 1), 0.5), 12)
                     for k in range(frames)])
     write_frames(path, arr, fps, codec="libx264")
+
+
+def probe_video(path: str) -> dict:
+    """Decodes the whole file and reports what a player would see: frames, width, height,
+    fps and codec."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        n = sum(1 for _ in container.decode(video=0))
+        return {"frames": n, "width": stream.codec_context.width,
+                "height": stream.codec_context.height,
+                "fps": float(stream.average_rate) if stream.average_rate else None,
+                "codec": stream.codec_context.name}
 
 
 def broken_dataset() -> tuple[str, dict[str, str]]:

@@ -203,6 +203,7 @@ def run_parallel(args, state, layout: dict, ac: str = "none"):
     from moviegen.parallel.parallelize import clip_grad_norm_
     from moviegen.parallel.state import canonical_name
     from moviegen.training.distributed import mean_over_dp
+    from moviegen.parallel.tensor_parallel import finish_sequence_parallel_grads
 
     cfg = ParallelConfig(dp_replicate=layout.get("dp_replicate", 1),
                          dp_shard=layout.get("dp_shard", 1), cp=layout.get("cp", 1),
@@ -216,7 +217,7 @@ def run_parallel(args, state, layout: dict, ac: str = "none"):
         local = _slice_batch(inputs, dp_rank * (batch // dp), batch // dp)
         loss = loss_of(model, local)
         loss.backward()
-        par.finish_grads()
+        finish_sequence_parallel_grads(model)
         norm = clip_grad_norm_(list(model.parameters()), 1.0)
         losses.append((mean_over_dp(loss, par.mesh).item(), norm.item()))
         grads.append({canonical_name(n): (p.grad.full_tensor() if isinstance(p.grad, DTensor)

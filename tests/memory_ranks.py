@@ -52,6 +52,7 @@ def step_per_mode(rank: int, world_size: int, modes: list[tuple[str, int]], layo
     from dist_helpers import sharded_copy
     from moviegen.config import ParallelConfig
     from moviegen.flow import flow_matching_loss
+    from moviegen.parallel.tensor_parallel import finish_sequence_parallel_grads
     from moviegen.models.transformer import MovieGenTransformer
     from moviegen.parallel.state import canonical_name
 
@@ -80,7 +81,7 @@ def step_per_mode(rank: int, world_size: int, modes: list[tuple[str, int]], layo
                 sum_sq, count = flow_matching_loss(model(x, t, emb, mask), target)
                 loss = sum_sq / count
                 loss.backward()
-            par.finish_grads()
+            finish_sequence_parallel_grads(model)
             grads = {canonical_name(n): (p.grad.full_tensor() if isinstance(p.grad, DTensor)
                                          else p.grad).detach().clone()
                      for n, p in model.named_parameters()}

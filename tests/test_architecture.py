@@ -3,9 +3,10 @@ ones too): one import namespace (``moviegen``; nothing else at the top level of
 site-packages, so no other distribution can shadow or overwrite our code); no import
 cycle; ``moviegen.kernels`` imports nothing else of the project and ``moviegen.parallel``
 nothing but the kernels (plans are applied from outside the model, data and training
-code); test-only code lives under tests/; no file cites a document outside the
-repository; no class name is defined twice, and no public function name in two modules
-(one name, one meaning: ``generate`` once meant three things)."""
+code); ``moviegen.config`` nothing but the model sizes and the layout names (no torch);
+test-only code lives under tests/; no file cites a document outside the repository; no
+class name is defined twice, and no public function name in two modules (one name, one
+meaning: ``generate`` once meant three things)."""
 import ast
 import os
 import re
@@ -117,6 +118,36 @@ def test_kernels_import_nothing_else_of_the_project():
 def test_parallel_imports_nothing_of_the_model_data_or_training_code():
     assert _outside(_graph(), "moviegen.parallel",
                     ("moviegen.parallel", "moviegen.kernels")) == {}
+
+
+# What a configuration may read: its own package, the model sizes and the layout names
+# (all without torch); every rule that needs the data, model or training code runs where
+# the job starts (load_config's ``checks``).
+CONFIG_MAY_IMPORT = ("moviegen.config", "moviegen.models.sizes", "moviegen.parallel.parallel_dims")
+
+
+def test_config_imports_no_data_model_or_training_code():
+    assert _outside(_graph(), "moviegen.config", CONFIG_MAY_IMPORT) == {}
+    graph = _graph()  # and what it may import stays light
+    for light in CONFIG_MAY_IMPORT[1:]:
+        assert _outside(graph, light, (light,)) == {}, light
+
+
+def test_config_loads_without_torch():
+    """A config error (or --help) needs no torch: importing moviegen.config, loading and
+    validating the tiny transformer and TAE configs and describing both load none of it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from moviegen.config import TAEJobConfig, describe, load_config; "
+            "load_config('launch/configs/tiny.yaml', ['--output_dir=/tmp/x']); "
+            "load_config('launch/configs/tae_tiny.yaml', ['--output_dir=/tmp/x'], "
+            "cls=TAEJobConfig); describe(); describe(TAEJobConfig); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'numpy', 'av', 'transformers')); print(heavy); assert not heavy")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_the_rules_above_can_fail():

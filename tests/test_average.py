@@ -52,6 +52,36 @@ def test_mean_of_two_exports_and_of_their_checkpoints(runs):
     assert cfg.model.name == "tiny" and sum(p.numel() for p in model.parameters()) > 0
 
 
+@pytest.mark.timeout(120)
+def test_the_first_help_example_runs_verbatim(runs, tmp_path):
+    """The first command that ``python -m moviegen.average --help`` shows, run as printed
+    (space-separated --inputs) where runs/a and runs/b are two real runs."""
+    import shlex
+    import subprocess
+    import sys
+
+    a, b, _ = runs
+    help_text = subprocess.run([sys.executable, "-m", "moviegen.average", "--help"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout
+    example = next(line.strip() for line in help_text.splitlines()
+                   if line.strip().startswith("python -m moviegen.average"))
+    assert example == ("python -m moviegen.average --inputs runs/a/final runs/b/final "
+                       "--output runs/avg")
+    (tmp_path / "runs").mkdir()
+    os.symlink(a, tmp_path / "runs" / "a")
+    os.symlink(b, tmp_path / "runs" / "b")
+    argv = shlex.split(example)
+    assert argv[:3] == ["python", "-m", "moviegen.average"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True,
+                         text=True, env=env, timeout=100)
+    assert out.returncode == 0, out.stderr
+    got = load_file(str(tmp_path / "runs" / "avg" / "model.safetensors"))
+    wa, wb = (load_file(os.path.join(r, "final", "model.safetensors")) for r in (a, b))
+    for k in wa:
+        assert torch.equal(got[k], ((wa[k].double() + wb[k].double()) / 2).to(wa[k].dtype)), k
+
+
 def test_weights_and_ema(runs):
     a, b, d = runs
     main(["--inputs", f"{a}/final", "--inputs", f"{b}/final", "--weights=[3, 1]", "--ema",

@@ -91,7 +91,7 @@ def test_text_to_video_export_loads_into_a_conditioned_model_unchanged(tmp_path)
     from moviegen.training.diffusion import DiffusionTrainer
     from moviegen.training.export import load_inference
 
-    common = [f"--train.steps=3", "--train.val_every=1000", "--train.progress_bar=false",
+    common = ["--train.steps=3", "--train.val_every=1000", "--train.progress_bar=false",
               "--metrics.tensorboard=false", "--data.batch_size=4", "--train.warmup_steps=1"]
     t2v = DiffusionTrainer(load_config(TINY, [f"--output_dir={tmp_path}/t2v", *common]))
     t2v.fit()

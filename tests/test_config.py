@@ -34,8 +34,10 @@ def test_float_field_accepts_int_and_list_of_sections():
     ("--model.kernels=cuda", "model.kernels"),
 ])
 def test_bad_values_name_the_key(override, needle):
-    with pytest.raises(ConfigError) as e:
-        load_config(TINY, [override])
+    from moviegen.training.diffusion import check_job
+
+    with pytest.raises(ConfigError) as e:  # as python -m moviegen.train parses
+        load_config(TINY, [override], checks=check_job)
     assert needle in str(e.value)
     # the source of the bad value is named: here the command line (alone, or with the file
     # for a rule between values), never the YAML file alone
@@ -56,6 +58,42 @@ def test_repeated_list_option_collects_and_scalar_last_wins():
     cfg = load_config(None, ["--train.steps=3", "--train.steps=5", "--metrics.profile_steps=2",
                              "--metrics.profile_steps=4"])
     assert cfg.train.steps == 5 and cfg.metrics.profile_steps == [2, 4]
+
+
+def test_list_option_takes_space_separated_values_in_every_form():
+    """--key a b (what the help texts show), repeated, mixed and as a YAML list."""
+    def steps(*args):
+        return load_config(None, ["--train.steps=3", *args]).metrics.profile_steps
+
+    assert steps("--metrics.profile_steps", "2", "4", "6") == [2, 4, 6]
+    assert steps("--metrics.profile_steps", "2", "4", "--metrics.profile_steps", "6") == [2, 4, 6]
+    assert steps("--metrics.profile_steps=[2, 4]") == [2, 4]
+    assert steps("--metrics.profile_steps", "2", "--train.steps=5") == [2]
+    cfg = load_config(None, ["--model.patch_size", "1", "1", "1", "--train.steps", "7"])
+    assert cfg.model.patch_size == [1, 1, 1] and cfg.train.steps == 7
+    # a value after a scalar option is still refused (it cannot belong to anything)
+    with pytest.raises(ConfigError, match="unexpected argument '8'"):
+        load_config(None, ["--train.steps", "7", "8"])
+
+
+def test_a_value_the_file_leaves_to_its_user_is_required(tmp_path):
+    """``???`` in a YAML file (Hydra's convention): an error naming the key, its meaning
+    and how to give it, until the command line (or a copy of the file) gives it."""
+    f = tmp_path / "stage.yaml"
+    f.write_text('text:\n  encoders:\n    - {name: ul2, path: "???"}\n'
+                 'data:\n  kind: precomputed\n  precomputed_dir: "???"\n')
+    with pytest.raises(ConfigError, match=rf"^{f}: text.encoders\[0\].path: required \(for "
+                                          rf"text.encoders\[0\], 'ul2'\).*save_pretrained"):
+        load_config(str(f), [f"--output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=rf"^{f}: data.precomputed_dir: required, the file "
+                                          rf"leaves it to you: .*moviegen.precompute.*"
+                                          rf"give --data.precomputed_dir=\.\.\."):
+        load_config(str(f), [f"--output_dir={tmp_path}", "--text.encoders=[{name: ul2}]"])
+    (tmp_path / "pre").mkdir()
+    (tmp_path / "pre" / "index.json").write_text('{"shards": []}')
+    cfg = load_config(str(f), [f"--output_dir={tmp_path}", "--text.encoders=[{name: ul2}]",
+                               f"--data.precomputed_dir={tmp_path / 'pre'}"])
+    assert cfg.data.precomputed_dir == str(tmp_path / "pre")
 
 
 def test_yaml_errors(tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from moviegen.data.buckets import assign_buckets, bucket_latent_shapes, make_buckets
-from moviegen.data.config import VideoDataConfig, moviegen_256px, moviegen_768px
+from moviegen.config.video import VideoDataConfig, moviegen_256px, moviegen_768px
 from moviegen.data.manifest import Manifest
 from moviegen.data.epoch_plan import build_epoch_plan
 

@@ -9,7 +9,7 @@ import torch
 from moviegen.data import build_video_loader
 from moviegen.data.decode import (DALI_CPU_CODECS, decode_video_pyav, resize_crop_normalize)
 from moviegen.data.manifest import load_manifest
-from data_helpers import BROKEN_KINDS, broken_dataset, synthetic_dataset, tiny_config
+from data_helpers import broken_dataset, synthetic_dataset, tiny_config
 
 HAS_DALI = importlib.util.find_spec("nvidia.dali") is not None
 needs_dali = pytest.mark.skipif(not HAS_DALI, reason="nvidia-dali not installed")

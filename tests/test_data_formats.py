@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moviegen.data.config import VideoDataConfig
+from moviegen.config.video import VideoDataConfig
 from moviegen.data.loader import build_video_loader
 from moviegen.data.manifest import load_manifest
 from moviegen.data.prepare import prepare, probe

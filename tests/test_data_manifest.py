@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moviegen.data import synthetic
-from moviegen.data.config import VideoDataConfig, moviegen_256px
+from moviegen.config.video import VideoDataConfig, moviegen_256px
 from moviegen.data.manifest import ManifestError, _columns_from_rows, load_manifest, read_rows
 from moviegen.data.prepare import prepare
 from data_helpers import synthetic_dataset

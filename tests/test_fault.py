@@ -16,7 +16,7 @@ from moviegen.training.fault import NonFiniteError, NonFiniteGuard
 from moviegen.data.latents import SyntheticLatentLoader
 from moviegen.training.diffusion import DiffusionTrainer
 
-from test_checkpoint import RecordingLoader, losses, make_cfg, run
+from test_checkpoint import losses, make_cfg, run
 
 
 @pytest.fixture(scope="module")

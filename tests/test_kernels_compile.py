@@ -1,5 +1,5 @@
 """The kernels build for Hopper (sm_90a) without a GPU: a subset of
-``benchmarks/kernel_bench.py --compile-only`` (one dtype, head dim 128 masked, D = 6144, the
+``benchmarks/kernel_bench.py --compile_only`` (one dtype, head dim 128 masked, D = 6144, the
 first config of each autotuner) must build with no spills and <= 227 KiB shared memory.
 The full report for every config is committed under benchmarks/results/."""
 import json
@@ -23,7 +23,7 @@ def report(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("OMP_NUM_THREADS", "1")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "kernel_bench.py"),
-                           "--compile-only", "--subset", "--arch", "sm_90a", "--output", str(out)],
+                           "--compile_only", "--subset", "--arch", "sm_90a", "--output", str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert out.exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
     with open(out) as f:
@@ -44,4 +44,4 @@ def test_subset_builds_without_errors_spills_or_too_much_shared_memory(report):
     assert not bad, bad
     for r in rows:
         assert r["compiled"] and r["registers"] and r["shared_bytes"] <= MAX_SHARED_BYTES, r
-    assert data["meta"]["arch"] == "sm_90a" and "--compile-only" in data["meta"]["command"]
+    assert data["meta"]["arch"] == "sm_90a" and "--compile_only" in data["meta"]["command"]

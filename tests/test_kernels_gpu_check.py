@@ -1,4 +1,4 @@
-"""``bash benchmarks/gpu_check.sh OUT --dry-run``: the GPU check's steps at toy sizes on CPU
+"""``bash benchmarks/gpu_check.sh OUT --dry_run``: the GPU check's steps at toy sizes on CPU
 (correctness under the Triton interpreter, the training-step benchmark) write their files."""
 import json
 import os
@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_dry_run_passes_and_writes_each_part(tmp_path):
     proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), str(tmp_path),
-                           "--dry-run"], capture_output=True, text=True, timeout=230,
+                           "--dry_run"], capture_output=True, text=True, timeout=230,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     summary = (tmp_path / "summary.txt").read_text()
     assert proc.returncode == 0, summary + proc.stdout[-2000:] + proc.stderr[-2000:]

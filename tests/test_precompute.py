@@ -86,6 +86,24 @@ def test_precompute_needs_a_destination():
         precompute.main(["--config", "launch/configs/tiny.yaml"])
 
 
+def test_precompute_runs_where_training_would(setup, tmp_path, capsys):
+    """The device comes from train.device, chosen as training chooses it (auto: the GPU
+    and NCCL when there is one, else the CPU and gloo): here the CPU, and a GPU asked for
+    on a machine without one is a config error before anything is read or written."""
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU machine's choice")
+    root, overrides, _ = setup
+    dest = tmp_path / "on_cuda"
+    args = ["--config", "launch/configs/tiny.yaml", *overrides,
+            f"--data.precomputed_dir={dest}", "--train.device=cuda"]
+    with pytest.raises(SystemExit) as info:
+        precompute.main(args)
+    assert info.value.code == 2
+    assert ("train.device: cuda requested but no CUDA device is visible"
+            in capsys.readouterr().err)
+    assert not dest.exists()
+
+
 def test_shards_carry_first_frame_latents_for_image_to_video(setup, tmp_path):
     """Each shard holds its clips' first frames encoded alone (the TAE's latent of the
     image image-to-video is given); an i2v run on precomputed latents uses them."""

@@ -1,6 +1,5 @@
 """``python -m moviegen.sample`` from given frames, through the public command on tiny
 exports (random weights: these check the paths, shapes and errors, not the quality)."""
-import os
 import subprocess
 import sys
 
@@ -89,7 +88,7 @@ def test_image_to_video_and_extension_with_a_conditioned_model(exports, tmp_path
     r = sample("--checkpoint", exports["cond"], "--video", exports["video"], "--task",
                "upsample", "--output", out)
     assert r.returncode == 0, r.stderr[-3000:]
-    from moviegen.data.video_io import probe_video
+    from data_helpers import probe_video
 
     info = probe_video(str(out))
     assert (info["frames"], info["width"], info["height"]) == (16, 32, 32)

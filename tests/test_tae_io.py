@@ -3,8 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
+from data_helpers import probe_video
 from moviegen.models.tae import psnr
-from moviegen.data.video_io import probe_video, read_video, write_gif, write_video
+from moviegen.data.video_io import read_video, write_gif, write_video
 
 
 def _moving_square(T=9, H=32, W=48) -> torch.Tensor:
@@ -25,6 +26,28 @@ def test_write_video_is_playable(tmp_path, ext, codec):
     assert back.shape == video.shape and back.min() >= -1 and back.max() <= 1
     assert psnr(back, video) > 28
     assert torch.equal(read_video(path, num_frames=3, start=4), back[:, 4:7])
+
+
+def test_read_video_gives_the_training_loaders_pixels():
+    """One real VP9 file of the synthetic set (saturated shapes: the chroma edges where
+    swscale's default conversion differs) read by read_video (held-out PSNR, sampling
+    inputs) and by the training decode path: the same uint8 frames."""
+    import numpy as np
+
+    from data_helpers import synthetic_dataset
+    from moviegen.data.decode import decode_video_pyav
+    from moviegen.data.manifest import load_manifest
+    from moviegen.data.video_io import to_uint8_frames
+
+    m = load_manifest(synthetic_dataset())
+    row = int(np.flatnonzero(~m.is_image)[0])
+    path, n = m.resolve(row), int(m.frames[row])
+    training = decode_video_pyav(path, np.arange(n))
+    read = to_uint8_frames(read_video(path))
+    assert read.shape == training.shape and n >= 8
+    assert np.array_equal(read, training)
+    assert np.array_equal(to_uint8_frames(read_video(path, num_frames=3, start=2)),
+                          training[2:5])
 
 
 def test_odd_sizes_are_padded_for_yuv420(tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+import yaml
 
 from dist_helpers import spawn
 from moviegen.config import ConfigError, TAEJobConfig, load_config
@@ -100,12 +101,63 @@ def test_cli_help_and_config_errors(capsys, tmp_path):
                              ("--loss.perceptual_weight=0.1", "perceptual_weights"),
                              ("--parallel.tp=2", "parallel.tp"),
                              ("--train.trainable=[\"encoder.*\"]",
-                              "train.trainable: applies to the transformer")):
+                              "train.trainable: \\['encoder.\\*'\\] is not read by this job")):
         with pytest.raises(ConfigError, match=needle):
             load_config(TAE_YAML, [f"--output_dir={tmp_path}", override], cls=TAEJobConfig)
     with pytest.raises(SystemExit) as info:  # the CLI: one line, exit 2, nothing written
         main(_args(str(tmp_path / "bad"), str(tmp_path), "--data.height=30"))
     assert info.value.code == 2 and not (tmp_path / "bad").exists()
+
+
+# A value of every shared key the TAE job does not read (its default differs).
+NOT_READ_VALUES = {
+    "train.position_resize": "extend", "train.sample_every": "10",
+    "train.sample_prompts": "[\"a red circle\"]", "train.tasks": "{t2v: 1.0}",
+    "train.extend_frames": "2", "train.interpolate_every": "3", "train.cond_noise_max": "0.2",
+    "train.upsample_blur_max": "0.5", "train.loss_on_given_frames": "true",
+    "train.trainable": "[\"encoder.*\"]", "parallel.tp": "2", "parallel.cp": "2",
+    "parallel.ac": "selective", "parallel.ac_full_blocks": "1", "parallel.compile": "true",
+    "parallel.reduce_dtype": "bf16", "checkpoint.ema_decay": "0.999",
+}
+
+
+def test_every_shared_key_the_tae_ignores_is_refused_naming_key_and_source(tmp_path, capsys):
+    from moviegen.config.tae import TAE_NOT_READ
+
+    assert set(NOT_READ_VALUES) == set(TAE_NOT_READ)
+    for key, value in NOT_READ_VALUES.items():
+        # on the command line
+        with pytest.raises(ConfigError) as info:
+            load_config(TAE_YAML, [f"--output_dir={tmp_path}", f"--{key}={value}"],
+                        cls=TAEJobConfig)
+        assert str(info.value).startswith(f"command line: {key}: "), str(info.value)
+        assert "is not read by this job" in str(info.value) and "remove it" in str(info.value)
+        # in the file
+        section, name = key.split(".")
+        tree = yaml.safe_load(open(TAE_YAML).read())
+        tree.setdefault(section, {})[name] = yaml.safe_load(value)
+        yaml_file = tmp_path / f"{section}_{name}.yaml"
+        yaml_file.write_text(yaml.safe_dump(tree))
+        with pytest.raises(ConfigError, match=f"^{yaml_file}: {key}: .* is not read by this "
+                                              f"job"):
+            load_config(str(yaml_file), [f"--output_dir={tmp_path}"], cls=TAEJobConfig)
+    # the public command: one line naming the key, exit 2, nothing started or written
+    for key in ("train.sample_every", "parallel.ac", "parallel.compile",
+                "parallel.reduce_dtype"):
+        out = tmp_path / key
+        with pytest.raises(SystemExit) as info:
+            main(_args(str(out), str(tmp_path), f"--{key}={NOT_READ_VALUES[key]}"))
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and f"config error: command line: {key}: " in err
+        assert not out.exists()
+    # --help says which keys this job does not read; the defaults still load
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    assert "--parallel.compile: not read by this job" in help_text
+    assert "--train.steps (" in help_text
+    load_config(TAE_YAML, [f"--output_dir={tmp_path}", "--parallel.tp=1",
+                           "--train.sample_every=0"], cls=TAEJobConfig)
 
 
 def _fsdp_worker(rank: int, world: int) -> None:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from moviegen.config import ConfigError, load_config
-from moviegen.training.diffusion import DiffusionTrainer
+from moviegen.training.diffusion import DiffusionTrainer, check_job
 from moviegen.training.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,9 @@ TRAINABLE = "--train.trainable=[\"blocks.*.attn.*\", \"patch_embed.*\"]"
 
 
 def _cfg(output_dir, *extra):
-    return load_config(TINY, [f"--output_dir={output_dir}", *COMMON, *extra])
+    """The config as python -m moviegen.train parses it (with the job's checks)."""
+    return load_config(TINY, [f"--output_dir={output_dir}", *COMMON, *extra],
+                       checks=check_job)
 
 
 @pytest.fixture(scope="module")

@@ -98,7 +98,13 @@ def test_effective_window_clamps_and_refuses_untiled_grids():
 
 
 def test_config_refuses_windows_that_do_not_tile_the_data():
-    from moviegen.config import ConfigError, JobConfig, load_config
+    from functools import partial
+
+    from moviegen.config import ConfigError, JobConfig
+    from moviegen.config import load_config as load
+    from moviegen.training.diffusion import check_job
+
+    load_config = partial(load, checks=check_job)  # as python -m moviegen.train parses
     base = ["--model.attention_pattern=window"]
     cfg = load_config("launch/configs/tiny.yaml", base + [
         "--model.spatial_window=2", "--model.spatial_window=3"], JobConfig)

@@ -7,8 +7,10 @@ string literal under the field) and parses them here:
 
 Values are checked against the annotations; a section (a nested dataclass) may define
 ``validate(self)`` for its own rules, and a top-level class may check rules across
-sections in its own ``validate``. Every error is a ``ConfigError`` that names the dotted
-key and where the bad value came from (the YAML file or the command line), and is raised
+sections in its own ``validate``. A YAML file may leave a value to its user with ``???``
+(Hydra's convention: a stage config's data and text encoders); one not given is an error
+that says what to put there. Every error is a ``ConfigError`` that names the dotted key
+and where the bad value came from (the YAML file or the command line), and is raised
 before any process group, model or output file exists.
 """
 from __future__ import annotations
@@ -148,12 +150,35 @@ def validate_tree(cfg: Any) -> None:
             raise ConfigError(str(e), key=str(e).split(":")[0]) from None
 
 
+def _get_dotted(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_keys_read(cfg: Any) -> None:
+    """A job that shares sections with another but does not read some of their keys lists
+    them in its class's ``NOT_READ`` (dotted key -> why, and what to use instead): a value
+    other than the job's own default for one of them is an error, not silently ignored."""
+    not_read = getattr(type(cfg), "NOT_READ", None) or {}
+    if not not_read:
+        return
+    default = type(cfg)()
+    for key, why in not_read.items():
+        value, usual = _get_dotted(cfg, key), _get_dotted(default, key)
+        check(value == usual, key, f"{value!r} is not read by this job: {why}; remove it "
+              f"(the default is {usual!r})")
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
 # --------------------------------------------------------------------------- sources
-def _set_dotted(tree: dict, dotted: str, value: Any, repeat: bool = False) -> None:
+def _set_dotted(tree: dict, dotted: str, value: Any, repeat: bool = False,
+                extend: bool = False) -> None:
+    """Sets ``tree[a][b] = value`` for ``a.b``; with ``repeat``, a key given again adds to
+    its earlier values (``extend``: ``value`` is a list of values, not one value)."""
     parts = dotted.split(".")
     node = tree
     for p in parts[:-1]:
@@ -162,9 +187,10 @@ def _set_dotted(tree: dict, dotted: str, value: Any, repeat: bool = False) -> No
             raise ConfigError(f"--{dotted}: '{p}' is a value, not a section", key=dotted)
         node = child
     last = parts[-1]
+    new = value if extend else [value]
     if repeat and last in node:  # --prompt a --prompt b -> [a, b]
         prev = node[last]
-        node[last] = (prev if isinstance(prev, list) else [prev]) + [value]
+        node[last] = (prev if isinstance(prev, list) else [prev]) + new
     else:
         node[last] = value
 
@@ -189,11 +215,20 @@ def _is_list(tp) -> bool:
         typing.get_origin(a) in (list, tuple) for a in typing.get_args(tp))
 
 
+def _parse_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_overrides(args: list[str], cls: type | None = None) -> dict:
     """``["--train.steps=60", "--model.name", "1b"]`` -> nested dict (values parsed as YAML).
 
-    With ``cls``, a boolean field may be given as a bare flag (``--ema``) and a repeated
-    list field collects its values (``--prompt a --prompt b``); otherwise the last wins."""
+    With ``cls``, a boolean field may be given as a bare flag (``--ema``), and a list
+    field takes space-separated values (``--inputs a b``), a YAML list
+    (``--weights=[0.7,0.3]``) or repeats (``--prompt a --prompt b``), all collected in
+    order; for any other field the last value wins."""
     bools = _fields_of_type(cls, lambda tp: tp is bool)
     lists = _fields_of_type(cls, _is_list)
     tree: dict = {}
@@ -203,20 +238,23 @@ def parse_overrides(args: list[str], cls: type | None = None) -> dict:
         if not arg.startswith("--") or arg == "--":
             raise ConfigError(f"unexpected argument {arg!r}: options look like --key=value "
                               f"or --section.key=value")
+        extend = False
         if "=" in arg:
-            key, raw = arg[2:].split("=", 1)
+            key, value = arg[2:].split("=", 1)
+            value = _parse_value(value)
         elif arg[2:] in bools and (i + 1 >= len(args) or args[i + 1].startswith("--")):
-            key, raw = arg[2:], "true"
+            key, value = arg[2:], True
         else:
             if i + 1 >= len(args):
                 raise ConfigError(f"{arg}: missing value", key=arg[2:])
-            key, raw = arg[2:], args[i + 1]
+            key, value = arg[2:], _parse_value(args[i + 1])
             i += 1
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        _set_dotted(tree, key, value, repeat=key in lists)
+            if key in lists and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, extend = [value], True  # --inputs a b: every value up to the next option
+                while i + 1 < len(args) and not args[i + 1].startswith("--"):
+                    value.append(_parse_value(args[i + 1]))
+                    i += 1
+        _set_dotted(tree, key, value, repeat=key in lists, extend=extend)
         i += 1
     return tree
 
@@ -229,6 +267,57 @@ def _deep_merge(base: dict, extra: dict) -> dict:
         else:
             out[k] = v
     return out
+
+
+# A value a config file leaves for its user to give (the "???" of Hydra / OmegaConf): a
+# stage config names the data and the text encoders it needs without inventing them.
+REQUIRED = "???"
+
+
+def _required_leaves(node: Any, key: str = "", parent: Any = None):
+    """(dotted key, the mapping holding it) of every value still ``REQUIRED`` in a merged
+    tree; list items are named ``key[i]``."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _required_leaves(v, f"{key}.{k}" if key else k, node)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _required_leaves(v, f"{key}[{i}]", parent)
+    elif node == REQUIRED:
+        yield key, parent
+
+
+def _field_doc(cls: type, key: str) -> str:
+    """The docstring of the field at dotted ``key`` (``a.b[0].c``) under ``cls``."""
+    doc = ""
+    for part in key.split("."):
+        name = part.split("[")[0]
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            return doc
+        tp = typing.get_type_hints(cls).get(name)
+        doc = field_docs(cls).get(name, "")
+        if "[" in part:  # a list item: its element type
+            tp = (typing.get_args(tp) or (None,))[0]
+        cls = next((a for a in (tp, *typing.get_args(tp))
+                    if isinstance(a, type) and dataclasses.is_dataclass(a)), None)
+    return doc
+
+
+def check_required(tree: dict, cls: type) -> None:
+    """Every value a config file marked ``???`` was given: otherwise a ConfigError naming
+    the key, what it means and how to give it."""
+    for key, parent in _required_leaves(tree):
+        doc = _field_doc(cls, key)
+        item = ""
+        if "[" in key:
+            how = (f"set it in a copy of the file, or give the whole list with "
+                   f"--{key.split('[')[0]}='[...]'")
+            if isinstance(parent, dict) and "name" in parent:  # which item: its name
+                item = f" (for {key.rsplit('.', 1)[0]}, '{parent['name']}')"
+        else:
+            how = f"give --{key}=... or set it in a copy of the file"
+        raise ConfigError(f"{key}: required{item}, the file leaves it to you: {doc} ({how})",
+                          key=key)
 
 
 def _dotted_keys(tree: dict, prefix: str = "") -> set[str]:
@@ -256,8 +345,11 @@ def read_yaml(path: str) -> dict:
 
 
 def load_config(path: str | None, overrides: list[str] | None, cls: type,
-                validate: bool = True) -> Any:
-    """Defaults < YAML file < command-line overrides; then every section's ``validate``.
+                validate: bool = True, checks=None) -> Any:
+    """Defaults < YAML file < command-line overrides (every ``???`` of the file given);
+    then every section's ``validate``,
+    then ``checks(cfg)``: the job's rules that need code this package does not import
+    (the data's shapes, the model's parameter names), given by the job's entry point.
 
     An error names its source: ``FILE: key: why`` for a value from the file (or a rule
     between values), ``command line: --key: why`` for a value given on the command line."""
@@ -266,14 +358,20 @@ def load_config(path: str | None, overrides: list[str] | None, cls: type,
     cli_keys = _dotted_keys(cli)
     source = path or "<defaults>"
     try:
-        cfg = build_dataclass(cls, _deep_merge(tree, cli))
+        merged = _deep_merge(tree, cli)
+        check_required(merged, cls)
+        cfg = build_dataclass(cls, merged)
         if validate:
+            check_keys_read(cfg)  # first: a key the job ignores needs no other rule
             validate_tree(cfg)
+            if checks is not None:
+                checks(cfg)
     except ConfigError as e:
         bare = (e.key or "").split("[")[0]
 
-        def given(keys: set[str]) -> bool:
-            return bare in keys or any(bare.startswith(k + ".") for k in keys)
+        def given(keys: set[str]) -> bool:  # the key, a section above it, or a mapping
+            return bare in keys or any(bare.startswith(k + ".") or k.startswith(bare + ".")
+                                       for k in keys)  # value under it (train.tasks.t2v)
 
         if given(cli_keys):
             raise ConfigError(f"command line: {e}", key=e.key) from None
@@ -301,16 +399,23 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """One line per field: --dotted.key (default): docstring."""
+def describe(cls: type, prefix: str = "", not_read: dict | None = None) -> list[str]:
+    """One line per field: --dotted.key (default): docstring; a key the job does not read
+    (its ``NOT_READ``) says so instead."""
     lines = []
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
+    if not_read is None:
+        not_read = getattr(cls, "NOT_READ", None) or {}
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             lines.append(f"[{prefix}{f.name}] {docs.get(f.name, '')}")
-            lines.extend(describe(tp, prefix + f.name + "."))
+            lines.extend(describe(tp, prefix + f.name + ".", not_read))
+            continue
+        if prefix + f.name in not_read:
+            lines.append(f"  --{prefix}{f.name}: not read by this job "
+                         f"({not_read[prefix + f.name]})")
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default
@@ -352,11 +457,13 @@ def print_help(cls: type, description: str) -> None:
 
 
 def parse_args(cls: type, argv: list[str] | None = None, description: str = "",
-               config_file: bool = True, positional: str | None = None) -> Any:
+               config_file: bool = True, positional: str | None = None,
+               checks=None) -> Any:
     """The one command-line parser of every entry point: ``-h/--help`` prints the
     description and every field with its default and docstring, then exits 0; a
     ``ConfigError`` propagates (entry points print it and exit 2). ``positional`` names
-    the field a leading bare argument sets (``python -m moviegen.plot RUN_DIR``)."""
+    the field a leading bare argument sets (``python -m moviegen.plot RUN_DIR``);
+    ``checks`` see load_config."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         try:
@@ -368,7 +475,7 @@ def parse_args(cls: type, argv: list[str] | None = None, description: str = "",
     if positional and argv and not argv[0].startswith("-"):
         argv = [f"--{positional}={argv[0]}", *argv[1:]]
     path, rest = split_config_arg(argv) if config_file else (None, argv)
-    return load_config(path, rest, cls=cls)
+    return load_config(path, rest, cls=cls, checks=checks)
 
 
 def run_cli(fn, cls: type, argv: list[str] | None, description: str, **kwargs):

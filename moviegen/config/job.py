@@ -7,6 +7,11 @@ Every field carries a docstring (the string literal under it); ``python -m movie
 checks the rules between sections (data shapes against the model's position tables).
 The layout rules (world size, heads and tokens against tp and cp) live in
 ``parallel.parallel_dims`` and are checked by the trainer before the process group starts.
+The rules that need the data or model code (every data shape against the position tables
+and windows, train.tasks against those shapes, train.trainable against the parameter
+names) are ``moviegen.training.diffusion.check_job``, which ``python -m moviegen.train``
+runs while parsing: this package reads only the model sizes (moviegen.models.sizes) and
+the layout names (moviegen.parallel.parallel_dims), never torch.
 The TAE's sections (``TAEJobConfig``) reuse train/checkpoint/metrics/parallel from here.
 """
 from __future__ import annotations
@@ -16,14 +21,16 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from moviegen.config.core import ConfigError, check, check_choice, check_output_dir
-from moviegen.data.config import VideoDataConfig
+from moviegen.config.video import VideoDataConfig
+from moviegen.models.sizes import MODEL_REGISTRY, TAE_PRESETS, effective_window, resolve_model_args
+from moviegen.parallel.parallel_dims import AC_MODES
 
 
 # --------------------------------------------------------------------------- sections
 @dataclass
 class ModelConfig:
     name: str = "tiny"
-    """Registered size: one of moviegen.models.transformer.MODEL_REGISTRY (30b, 7b, 5b, 1b, tiny)."""
+    """Registered size: one of moviegen.models.sizes.MODEL_REGISTRY (30b, 7b, 5b, 1b, tiny)."""
     in_channels: int = 16
     """Latent channels coming from the TAE (16 in Movie Gen)."""
     cond_channels: int = 0
@@ -63,8 +70,6 @@ class ModelConfig:
     one-frame images attend within their frame."""
 
     def validate(self) -> None:
-        from moviegen.models.transformer import MODEL_REGISTRY, resolve_model_args
-
         check(self.name in MODEL_REGISTRY, "model.name", f"'{self.name}' is not a registered "
               f"size (choose from {', '.join(MODEL_REGISTRY)})")
         args = resolve_model_args(self)
@@ -99,8 +104,6 @@ class ModelConfig:
               f"exceeds model.max_latent_frames/height/width = ({self.max_latent_frames}, "
               f"{self.max_latent_height}, {self.max_latent_width})")
         if self.attention_pattern == "window":
-            from moviegen.models.transformer import effective_window
-
             grid = (T // pt, H // ph, W // pw)
             for key, win in (("spatial_window", [1, *self.spatial_window]),
                              ("spatiotemporal_window", self.spatiotemporal_window)):
@@ -217,12 +220,18 @@ class DataConfig:
                   f"file '{self.video.manifest}' does not exist")
             check_choice(self.encoder, "data.encoder", ("random_patch", "tae"))
             if self.encoder == "tae":
-                check(self.tae_checkpoint is not None and os.path.isdir(self.tae_checkpoint),
+                check(self.tae_checkpoint is not None, "data.tae_checkpoint",
+                      "required with data.encoder=tae: the output_dir of python -m "
+                      "moviegen.train_tae (tae.safetensors + tae_config.json)")
+                check(os.path.isdir(self.tae_checkpoint),
                       "data.tae_checkpoint", f"'{self.tae_checkpoint}' is not a TAE directory "
                       f"(python -m moviegen.train_tae writes one)")
         else:
-            check(self.precomputed_dir is not None and
-                  os.path.exists(os.path.join(self.precomputed_dir, "index.json")),
+            check(self.precomputed_dir is not None, "data.precomputed_dir",
+                  "required with data.kind=precomputed: the output directory of python -m "
+                  "moviegen.precompute (this config with --data.video.manifest=M "
+                  "--data.tae_checkpoint=T --data.precomputed_dir=D writes it)")
+            check(os.path.exists(os.path.join(self.precomputed_dir, "index.json")),
                   "data.precomputed_dir", f"no index.json in '{self.precomputed_dir}' "
                   f"(python -m moviegen.precompute writes it)")
 
@@ -329,11 +338,7 @@ class TrainConfig:
               "e.g. --train.sample_prompts='[\"a red circle moves from right to left\"]'")
         check(all(p.strip() for p in self.sample_prompts), "train.sample_prompts",
               "a prompt is empty")
-        from moviegen.conditioning import TASKS
-
-        for name, p in self.tasks.items():
-            check(name in TASKS, "train.tasks", f"unknown task '{name}' (choose from "
-                  f"{', '.join(TASKS)})")
+        for name, p in self.tasks.items():  # the names: check_job (moviegen.conditioning.TASKS)
             check(isinstance(p, (int, float)) and p >= 0, f"train.tasks.{name}",
                   f"{p!r} is not a probability (a number >= 0)")
         check(not self.tasks or sum(self.tasks.values()) > 0, "train.tasks",
@@ -375,8 +380,6 @@ class ParallelConfig:
     """FSDP gradient reduction dtype: fp32 or bf16."""
 
     def validate(self) -> None:
-        from moviegen.parallel.activation_checkpoint import AC_MODES
-
         for k in ("dp_replicate", "cp", "tp"):
             check(getattr(self, k) >= 1, f"parallel.{k}", "must be >= 1")
         check(self.dp_shard == -1 or self.dp_shard >= 1, "parallel.dp_shard",
@@ -459,9 +462,8 @@ class JobConfig:
     """TensorBoard, wandb and profiler traces (metrics.jsonl is always written)."""
 
     def validate(self) -> None:
-        """Rules between sections: the data's latent shapes against the model."""
-        from moviegen.data.sources import latent_grids
-
+        """Rules between sections that need no data or model code (the others:
+        moviegen.training.diffusion.check_job)."""
         check_output_dir(self.output_dir)
         if self.data.kind == "video" and self.data.encoder == "tae":
             channels = _tae_latent_channels(self.data.tae_checkpoint)
@@ -481,21 +483,11 @@ class JobConfig:
             check(self.data.latent_width % self.model.patch_size[2] == 0, "data.latent_width",
                   f"{self.data.latent_width} is not divisible by the patch width "
                   f"{self.model.patch_size[2]}")
-        grids = latent_grids(self)
-        for name, T, H, W in grids:
-            self.model.patch_grid_fits(name, T, H, W)
-        from moviegen.conditioning import check_tasks
-        from moviegen.training.optim import check_trainable
-
-        check_tasks(self, grids)
-        check_trainable(self)
 
 
 def _tae_latent_channels(tae_dir: str) -> int:
     """Latent channels of a trained TAE, from its tae_config.json (no weights read)."""
     import json
-
-    from moviegen.models.tae import TAE_PRESETS
 
     path = os.path.join(tae_dir, "tae_config.json")
     try:

@@ -1,5 +1,6 @@
 """The TAE training job: its own model, data and loss sections, and the transformer job's
-train / checkpoint / metrics / parallel sections (the same keys, the same trainer).
+train / checkpoint / metrics / parallel sections (the same keys, the same trainer); the
+shared keys that only the transformer reads (``TAE_NOT_READ``) are refused when set.
 
     python -m moviegen.train_tae --config launch/configs/tae_tiny.yaml --data.data_dir=DIR
 """
@@ -7,11 +8,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from moviegen.config.core import check, check_choice, check_output_dir
 from moviegen.config.job import CheckpointConfig, MetricsConfig, ParallelConfig, TrainConfig
-from moviegen.models.tae import TAEConfig
+from moviegen.models.sizes import TAEConfig
 
 
 @dataclass
@@ -101,6 +102,35 @@ class TAELossConfig:
                   f"{self.perceptual_weights!r}); nothing is downloaded")
 
 
+_TRANSFORMER_TASKS = "a conditioning-task setting of the transformer (python -m moviegen.train)"
+_NO_BLOCK_PLAN = "applies to the transformer's blocks; the TAE has no such plan"
+# The keys of the shared train / parallel / checkpoint sections that nothing in the TAE
+# job reads: a value other than the default is refused (moviegen.config.core.check_keys_read).
+TAE_NOT_READ = {
+    "train.position_resize": "resizes the transformer's position tables on init_from; the "
+                             "TAE has none",
+    "train.sample_every": "the TAE has no sampler; every validation measures the held-out "
+                          "PSNR and the export writes recon.gif",
+    "train.sample_prompts": "the TAE takes no captions",
+    "train.tasks": _TRANSFORMER_TASKS,
+    "train.extend_frames": _TRANSFORMER_TASKS,
+    "train.interpolate_every": _TRANSFORMER_TASKS,
+    "train.cond_noise_max": _TRANSFORMER_TASKS,
+    "train.upsample_blur_max": _TRANSFORMER_TASKS,
+    "train.loss_on_given_frames": _TRANSFORMER_TASKS,
+    "train.trainable": "freezes parts of the transformer; the TAE trains every weight",
+    "parallel.tp": "the TAE has no tensor-parallel plan; it trains with FSDP over all ranks "
+                   "(parallel.dp_shard, parallel.dp_replicate)",
+    "parallel.cp": "the TAE has no context-parallel plan; it trains with FSDP over all ranks "
+                   "(parallel.dp_shard, parallel.dp_replicate)",
+    "parallel.ac": _NO_BLOCK_PLAN,
+    "parallel.ac_full_blocks": _NO_BLOCK_PLAN,
+    "parallel.compile": _NO_BLOCK_PLAN,
+    "parallel.reduce_dtype": "the TAE's FSDP always reduces gradients in fp32",
+    "checkpoint.ema_decay": "the TAE export writes the trained weights only (no EMA copy)",
+}
+
+
 def _tae_train_defaults() -> TrainConfig:
     return TrainConfig(steps=400, beta2=0.99, weight_decay=0.0, val_every=100)
 
@@ -119,11 +149,13 @@ class TAEJobConfig:
     train: TrainConfig = field(default_factory=_tae_train_defaults)
     """Optimisation (the same keys as the transformer's; val_every measures held-out PSNR)."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    """FSDP over the ranks (dp_shard / dp_replicate); the TAE has no TP or CP plan."""
+    """FSDP over the ranks (dp_shard / dp_replicate); the TAE has no TP, CP, AC or compile
+    plan."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpointing and resume (the same keys as the transformer's)."""
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     """TensorBoard, wandb and profiler traces (metrics.jsonl is always written)."""
+    NOT_READ: ClassVar[dict[str, str]] = TAE_NOT_READ
 
     def validate(self) -> None:
         check_output_dir(self.output_dir)
@@ -131,11 +163,6 @@ class TAEJobConfig:
         for k in ("height", "width"):
             check(getattr(self.data, k) % cs == 0, f"data.{k}",
                   f"{getattr(self.data, k)} is not divisible by the spatial compression {cs}")
-        check(self.parallel.tp == 1 and self.parallel.cp == 1, "parallel.tp",
-              "the TAE trains with FSDP only (parallel.tp and parallel.cp must be 1)")
-        for key in ("tasks", "trainable"):  # the transformer's keys in the shared section
-            check(not getattr(self.train, key), f"train.{key}",
-                  "applies to the transformer (python -m moviegen.train), not the TAE; unset it")
         if self.train.init_from is not None:
             check(os.path.isfile(os.path.join(self.train.init_from, "tae.safetensors")),
                   "train.init_from", f"no tae.safetensors in '{self.train.init_from}' (give "

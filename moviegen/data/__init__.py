@@ -5,7 +5,7 @@ Entry points: ``python -m moviegen.data.synthetic`` (make a dataset),
 :func:`build_video_loader` (what the trainer iterates).
 """
 from moviegen.data.buckets import Bucket, bucket_latent_shapes, make_buckets
-from moviegen.data.config import VideoDataConfig, moviegen_256px, moviegen_768px
+from moviegen.config.video import VideoDataConfig, moviegen_256px, moviegen_768px
 from moviegen.data.loader import VideoLoader, build_video_loader
 from moviegen.data.manifest import Manifest, ManifestError, load_manifest
 

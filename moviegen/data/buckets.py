@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moviegen.data.config import VideoDataConfig, frames_for_duration
+from moviegen.config.video import VideoDataConfig, frames_for_duration
 from moviegen.data.manifest import Manifest
 
 

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from moviegen.data.config import VideoDataConfig
+from moviegen.config.video import VideoDataConfig
 from moviegen.data.manifest import IMAGE_EXTS, VIDEO_EXTS, iter_jsonl, write_rows
 
 logger = logging.getLogger("moviegen.data")

@@ -9,9 +9,8 @@ the same spec and produce the same tensor, so the sampling maths lives here once
   * space: resize (bilinear, antialiased) so the bucket size is covered, then crop
   * values: uint8 -> (x - 127.5) / 127.5 in [-1, 1]; layout [C, T, H, W]
 
-PyAV converts YUV to RGB with swscale's BILINEAR | ACCURATE_RND | FULL_CHR_H_INT, which is
-bit-exact with DALI's CPU decoder on VP9 (checked by tests/test_data_decode.py); the
-default flags differ from DALI by up to ~30 levels at chroma edges.
+PyAV frames become RGB through ``video_io.rgb_frame`` (the project's one conversion,
+bit-exact with DALI's CPU decoder on VP9, checked by tests/test_data_decode.py).
 """
 from __future__ import annotations
 
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 from moviegen.data.buckets import Bucket
 from moviegen.data.manifest import Manifest
+from moviegen.data.video_io import rgb_frame
 
 # Codecs the DALI CPU decoder handles; the GPU ('mixed', NVDEC) one handles these.
 DALI_CPU_CODECS = ("vp8", "vp9", "mjpeg")
@@ -93,11 +93,6 @@ def sample_spec(m: Manifest, row: int, bucket: Bucket, target_fps: float,
 
 
 # ----------------------------------------------------------------------------- PyAV
-
-
-def _rgb_interpolation():
-    from av.video.reformatter import Interpolation
-    return Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 
 @contextmanager
@@ -188,10 +183,9 @@ def decode_video_pyav(path: str, indices: np.ndarray, codecs=None,
     got: dict[int, np.ndarray] = {}
     count = 0
     with _decoding(path, codecs) as (container, stream):
-        interp = _rgb_interpolation()
         for frame in container.decode(stream):
             if count in wanted:
-                got[count] = frame.to_ndarray(format="rgb24", interpolation=interp)
+                got[count] = rgb_frame(frame)
             count += 1
             if count > last:
                 break
@@ -206,9 +200,7 @@ def decode_video_pyav(path: str, indices: np.ndarray, codecs=None,
 def _decode_all(path: str) -> np.ndarray:
     """Every frame of a clip, uint8 [N, H, W, 3]."""
     with _decoding(path) as (container, stream):
-        interp = _rgb_interpolation()
-        frames = [f.to_ndarray(format="rgb24", interpolation=interp)
-                  for f in container.decode(stream)]
+        frames = [rgb_frame(f) for f in container.decode(stream)]
     if not frames:
         raise DecodeError("no decodable frames")
     if len({a.shape for a in frames}) != 1:
@@ -219,7 +211,7 @@ def _decode_all(path: str) -> np.ndarray:
 def _decode_by_time(path: str, times: np.ndarray, codecs=None) -> np.ndarray:
     shown: list[np.ndarray | None] = [None] * len(times)
     with _decoding(path, codecs) as (container, stream):
-        interp, t0, k = _rgb_interpolation(), None, 0
+        t0, k = None, 0
         for frame in container.decode(stream):
             if frame.time is None:
                 continue
@@ -229,7 +221,7 @@ def _decode_by_time(path: str, times: np.ndarray, codecs=None) -> np.ndarray:
                 k += 1  # times before this frame were shown by the previous frame
             if k >= len(times):
                 break
-            img = frame.to_ndarray(format="rgb24", interpolation=interp)
+            img = rgb_frame(frame)
             for j in range(k, len(times)):  # this frame is shown until the next one
                 if times[j] >= t - 1e-6:
                     shown[j] = img

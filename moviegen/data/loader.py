@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from moviegen.data.buckets import Bucket, assign_buckets, make_buckets
-from moviegen.data.config import SPLITS, VideoDataConfig
+from moviegen.config.video import SPLITS, VideoDataConfig
 from moviegen.data.decode import BatchSpec, decode_batch_pyav, sample_spec, set_clip_cache
 from moviegen.data.manifest import Manifest, load_manifest
 from moviegen.data.epoch_plan import EpochPlan, build_epoch_plan

@@ -36,7 +36,7 @@ import numpy as np
 
 from moviegen.config.core import check, run_cli
 from moviegen.data.buckets import assign_buckets, make_buckets
-from moviegen.data.config import VideoDataConfig, moviegen_256px, moviegen_768px
+from moviegen.config.video import VideoDataConfig, moviegen_256px, moviegen_768px
 from moviegen.data.curate import Curation, clips_of
 from moviegen.data.manifest import (IMAGE_EXTS, VIDEO_EXTS, Manifest, ManifestError, iter_jsonl,
                                     guess_type, write_rows)

@@ -116,7 +116,7 @@ def write_synthetic_dataset(output_dir: str, num_videos: int, num_images: int = 
     """Writes the dataset (videos/, images/, captions, manifest.jsonl); returns the manifest path. ``colors``/``shapes``/``aspect_ratios``
     restrict the vocabulary (names from COLORS, SHAPES, ASPECT_RATIOS; None = all)."""
     from moviegen.data.buckets import assign_buckets, make_buckets
-    from moviegen.data.config import VideoDataConfig
+    from moviegen.config.video import VideoDataConfig
     from moviegen.data.manifest import load_manifest, write_rows
 
     rng = np.random.default_rng(seed)

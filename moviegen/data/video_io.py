@@ -5,10 +5,12 @@
     write_frames("out.mkv", frames_THWC_uint8, fps=8, codec="libx265")
     write_gif("out.gif", video_CTHW, fps=16)      # preview, Pillow
     video_CTHW = read_video("clip.webm", num_frames=16, start=0)
-    info = probe_video("out.mp4")                 # {"frames", "width", "height", "fps", "codec"}
+    rgb_HWC_uint8 = rgb_frame(av_frame)           # every PyAV decode's colour conversion
 
 The one place the project encodes video (PyAV); yuv420p needs even sizes, so odd H or W are
-padded by repeating the last row/column (a GIF keeps the exact size).
+padded by repeating the last row/column (a GIF keeps the exact size). Every PyAV decode
+(training clips, held-out clips, sampling inputs) converts YUV to RGB through
+``rgb_frame``, so a file gives the same pixels wherever it is read.
 """
 from __future__ import annotations
 
@@ -104,8 +106,22 @@ def write_gif(path: str, video_CTHW: torch.Tensor, fps: int = 16) -> str:
     return path
 
 
+def rgb_interpolation():
+    """swscale's BILINEAR | ACCURATE_RND | FULL_CHR_H_INT: bit-exact with DALI's CPU
+    decoder on VP9 (tests/test_data_decode.py); swscale's default flags differ from it by
+    up to ~30 levels at chroma edges."""
+    from av.video.reformatter import Interpolation
+    return Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+
+
+def rgb_frame(frame) -> np.ndarray:
+    """A decoded PyAV video frame -> uint8 [H, W, 3] RGB, with the exact conversion."""
+    return frame.to_ndarray(format="rgb24", interpolation=rgb_interpolation())
+
+
 def read_video(path: str, num_frames: Optional[int] = None, start: int = 0) -> torch.Tensor:
-    """Decodes frames [start, start + num_frames) (all when None) -> [3, T, H, W] in [-1, 1]."""
+    """Decodes frames [start, start + num_frames) (all when None) -> [3, T, H, W] in [-1, 1],
+    pixel for pixel what the training loader decodes from the same file."""
     import av
 
     frames = []
@@ -113,22 +129,9 @@ def read_video(path: str, num_frames: Optional[int] = None, start: int = 0) -> t
         for i, frame in enumerate(container.decode(video=0)):
             if i < start:
                 continue
-            frames.append(frame.to_ndarray(format="rgb24"))
+            frames.append(rgb_frame(frame))
             if num_frames is not None and len(frames) == num_frames:
                 break
     if not frames:
         raise ValueError(f"{path}: no frames at or after frame {start}")
     return from_uint8_frames(np.stack(frames))
-
-
-def probe_video(path: str) -> dict:
-    """Decodes the whole file and reports what a player would see."""
-    import av
-
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        n = sum(1 for _ in container.decode(video=0))
-        return {"frames": n, "width": stream.codec_context.width,
-                "height": stream.codec_context.height,
-                "fps": float(stream.average_rate) if stream.average_rate else None,
-                "codec": stream.codec_context.name}

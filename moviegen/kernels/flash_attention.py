@@ -66,7 +66,7 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 def _configs(kind: str) -> list[triton.Config]:
     """Every config here, as pruned by ``tuned_configs`` for a (head dim, mask) class, builds
     for sm_90a without register spills and within 227 KiB of shared memory at head dims 64
-    and 128 under Triton 3.6 and 3.9 (``benchmarks/kernel_bench.py --compile-only``; reports
+    and 128 under Triton 3.6 and 3.9 (``benchmarks/kernel_bench.py --compile_only``; reports
     in benchmarks/results/). Warp-specialised loops are not offered: Triton 3.6 and 3.9 both
     fail to build them for this kernel on sm_90."""
     if interpreting():

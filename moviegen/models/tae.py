@@ -2,7 +2,8 @@
 inference.
 
 (One file of ~570 lines on purpose, like the transformer's: the whole autoencoder reads top
-to bottom, config -> layers -> encoder/decoder -> tiling -> losses -> save/load.)
+to bottom, layers -> encoder/decoder -> tiling -> losses -> save/load; its config and presets are in
+moviegen/models/sizes.py.)
 
     tae = TAE(TAEConfig(preset="tiny"))         # or load_tae("runs/tae/tae.safetensors")
     z_BCthw = tae.encode(video_BCTHW)           # video in [-1, 1]
@@ -36,96 +37,15 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-# --------------------------------------------------------------------------- config
-@dataclass
-class TAEConfig:
-    preset: str = "tiny"
-    """Registered size (one of TAE_PRESETS: full, tiny); fields left at None take its values."""
-    in_channels: int = 3
-    """Pixel channels (RGB)."""
-    latent_channels: Optional[int] = None
-    """Latent channels (Movie Gen: 16)."""
-    base_channels: Optional[int] = None
-    """Width of the first (full-resolution) stage."""
-    channel_multipliers: Optional[list[int]] = None
-    """Per-stage width = base_channels * multiplier; there are len - 1 spatial 2x downsamplings,
-    so the spatial compression is 2 ** (len - 1)."""
-    num_res_blocks: Optional[int] = None
-    """Residual blocks per stage (the decoder uses one more, as in SD/Movie Gen-style VAEs)."""
-    temporal_compression: Optional[int] = None
-    """Frames per latent frame, a power of two <= the spatial compression; the temporal 2x
-    downsamplings happen in the first log2 of it stages."""
-    attention: Optional[bool] = None
-    """Spatial then temporal self-attention in the middle (lowest-resolution) block."""
-    attention_head_dim: int = 64
-    """Head width of the middle-block attention (heads = channels / head_dim, at least 1)."""
-    variational: bool = True
-    """The encoder also predicts a log-variance (VAE); encode() returns the mean."""
-    latent_shift: float = 0.0
-    """Diffusion-side normalisation: scale_latents(z) = (z - latent_shift) * latent_scale.
-    train_tae measures it on held-out clips at the end of training."""
-    latent_scale: float = 1.0
-    """See latent_shift."""
-
-    def resolved(self) -> "TAEConfig":
-        """A copy with every None field filled from the preset."""
-        if self.preset not in TAE_PRESETS:
-            raise ValueError(f"tae.preset: '{self.preset}' is not one of {', '.join(TAE_PRESETS)}")
-        base = TAE_PRESETS[self.preset]
-        out = dataclasses.replace(self)
-        for k, v in base.items():
-            if getattr(out, k) is None:
-                setattr(out, k, list(v) if isinstance(v, list) else v)
-        out.validate()
-        return out
-
-    @property
-    def spatial_compression(self) -> int:
-        return 2 ** (len(self.resolved().channel_multipliers) - 1)
-
-    def validate(self) -> None:
-        """Raises ValueError("tae.<field>: why") for an impossible size."""
-        def need(cond: bool, key: str, why: str) -> None:
-            if not cond:
-                raise ValueError(f"tae.{key}: {why}")
-
-        if self.channel_multipliers is None or self.latent_channels is None:
-            self.resolved()  # fills the preset's values, then validates them
-            return
-
-        mults = self.channel_multipliers
-        need(len(mults) >= 1 and all(m >= 1 for m in mults), "channel_multipliers",
-             f"expected positive ints, got {mults}")
-        ct, cs = self.temporal_compression, 2 ** (len(mults) - 1)
-        need(ct >= 1 and ct & (ct - 1) == 0, "temporal_compression", f"{ct} is not a power of two")
-        need(ct <= cs, "temporal_compression",
-             f"{ct} exceeds the spatial compression {cs} (one temporal 2x per spatial stage)")
-        need(self.latent_channels >= 1 and self.base_channels >= 1, "latent_channels",
-             "latent_channels and base_channels must be >= 1")
-        need(self.num_res_blocks >= 1, "num_res_blocks", "must be >= 1")
-
-
-# Movie Gen's TAE: 8x in T, H and W, 16 latent channels. Its widths are not published; these are
-# the usual SD-VAE widths. The tiny one trains on 2 CPU cores in minutes on 64px clips.
-TAE_PRESETS: dict[str, dict] = {
-    "full": dict(latent_channels=16, base_channels=128, channel_multipliers=[1, 2, 4, 4],
-                 num_res_blocks=2, temporal_compression=8, attention=True),
-    "tiny": dict(latent_channels=8, base_channels=16, channel_multipliers=[1, 2, 4],
-                 num_res_blocks=1, temporal_compression=4, attention=True),
-}
-
-
-def latent_frames(num_frames: int, temporal_compression: int) -> int:
-    """Latent frames of a T-frame clip: ceil(T / ct) (an image, T = 1, gives 1)."""
-    return -(-num_frames // temporal_compression)
+# the config and presets live apart, importable without torch (the TAE job's config reads
+# them); re-exported here
+from moviegen.models.sizes import TAE_PRESETS, TAEConfig, latent_frames  # noqa: F401
 
 
 # --------------------------------------------------------------------------- building blocks

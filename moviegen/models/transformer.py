@@ -1,7 +1,8 @@
 """The Movie Gen transformer: a flow-matching DiT over TAE latents.
 
-Read top to bottom: sizes, building blocks, one transformer block, the model. One file
-on purpose, so the whole architecture reads in one place.
+Read top to bottom: building blocks, one transformer block, the model (the sizes and
+ModelArgs are in moviegen/models/sizes.py). One file on purpose, so the whole
+architecture reads in one place.
 
 Shape legend
     B batch, C latent channels (16), T/H/W latent frames/height/width,
@@ -29,98 +30,15 @@ sequence shards, and every Linear works on whatever heads/width it is handed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from moviegen import kernels
-
-# --------------------------------------------------------------------------- sizes
-MODEL_REGISTRY: dict[str, dict] = {
-    # Movie Gen 30B: 48 layers, 6144 wide, FFN 16384, 48 heads of 128.
-    "30b": dict(n_layers=48, dim=6144, ffn_dim=16384, n_heads=48),
-    # The spatial upsampler's widths are not in our sources: these are Llama-3-8B's.
-    "7b": dict(n_layers=32, dim=4096, ffn_dim=14336, n_heads=32),
-    "5b": dict(n_layers=32, dim=3072, ffn_dim=8192, n_heads=24),
-    "1b": dict(n_layers=24, dim=1536, ffn_dim=4096, n_heads=16),
-    "tiny": dict(n_layers=2, dim=64, ffn_dim=128, n_heads=4),
-}
-
-# Text-encoder output widths when the real encoders are used (Movie Gen: UL2, ByT5,
-# long-prompt MetaCLIP); the tiny default builds its own small encoder instead.
-DEFAULT_TEXT_DIMS = {"ul2": 4096, "byt5": 1472, "metaclip": 1024}
-
-
-@dataclass
-class ModelArgs:
-    dim: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    ffn_dim: int = 128
-    in_channels: int = 16
-    cond_channels: int = 0  # conditioning latent + mask channels (0: text-to-video only)
-    patch_size: tuple[int, int, int] = (1, 2, 2)
-    max_t: int = 8
-    max_h: int = 16
-    max_w: int = 16
-    norm_eps: float = 1e-6
-    text_dims: dict[str, int] = field(default_factory=lambda: {"byt5": 64})
-    time_freq_dim: int = 256
-    kernels: str = "torch"
-    attention_pattern: str = "full"          # full | window
-    spatial_window: tuple[int, int] = (16, 16)              # [h, w] patches
-    spatiotemporal_window: tuple[int, int, int] = (8, 8, 8)  # [t, h, w] patches
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    def block_window(self, layer_id: int) -> tuple[int, int, int] | None:
-        """Block ``layer_id``'s self-attention window [t, h, w] (None: full attention)."""
-        if self.attention_pattern == "full":
-            return None
-        if self.attention_pattern != "window":
-            raise ValueError(f"attention_pattern must be 'full' or 'window', got "
-                             f"{self.attention_pattern!r}")
-        if layer_id % 2 == 0:
-            return (1, *self.spatial_window)
-        return tuple(self.spatiotemporal_window)
-
-
-def effective_window(window, grid_thw) -> tuple[int, int, int]:
-    """The window on this grid: each side clamped to the grid (so a side >= the grid covers
-    the axis, and a one-frame image never mixes frames), which must then divide it."""
-    win = tuple(min(w, g) for w, g in zip(window, grid_thw))
-    if any(g % w for w, g in zip(win, grid_thw)):
-        raise ValueError(f"attention window {tuple(window)} (t, h, w patches) does not tile "
-                         f"the patch grid {tuple(grid_thw)}: each window side must divide "
-                         f"the grid side or be at least as large")
-    return win
-
-
-def resolve_model_args(model_cfg, text_dims: dict[str, int] | None = None) -> ModelArgs:
-    """ModelConfig (a config section) -> ModelArgs (what the module needs)."""
-    base = dict(MODEL_REGISTRY[model_cfg.name])
-    for key in ("dim", "n_layers", "n_heads", "ffn_dim"):
-        if getattr(model_cfg, key, None) is not None:
-            base[key] = getattr(model_cfg, key)
-    return ModelArgs(
-        **base,
-        in_channels=model_cfg.in_channels,
-        cond_channels=getattr(model_cfg, "cond_channels", 0),
-        patch_size=tuple(model_cfg.patch_size),
-        max_t=model_cfg.max_latent_frames,
-        max_h=model_cfg.max_latent_height,
-        max_w=model_cfg.max_latent_width,
-        norm_eps=model_cfg.norm_eps,
-        text_dims=dict(text_dims) if text_dims is not None else {"byt5": 64},
-        kernels=model_cfg.kernels,
-        attention_pattern=getattr(model_cfg, "attention_pattern", "full"),
-        spatial_window=tuple(getattr(model_cfg, "spatial_window", (16, 16))),
-        spatiotemporal_window=tuple(getattr(model_cfg, "spatiotemporal_window", (8, 8, 8))),
-    )
+# the sizes live apart, importable without torch (configs read them); re-exported here
+from moviegen.models.sizes import (DEFAULT_TEXT_DIMS, MODEL_REGISTRY, ModelArgs,  # noqa: F401
+                                   effective_window, resolve_model_args)
 
 
 # --------------------------------------------------------------------------- pieces

@@ -30,7 +30,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
                                     create_selective_checkpoint_contexts)
 
-AC_MODES = ("none", "full", "selective")
+from moviegen.parallel.parallel_dims import AC_MODES
 
 _MATMUL_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default}
 _SAVE_OPS = {

@@ -192,7 +192,6 @@ def fake_world(world: int):
 
 
 def layout_dims(world: int, tp: int, cp: int, dp_replicate: int = 1):
-    from types import SimpleNamespace
 
     from moviegen.parallel.parallel_dims import ParallelDims
     return ParallelDims.from_config(SimpleNamespace(dp_replicate=dp_replicate, dp_shard=-1,

@@ -27,6 +27,9 @@ class LayoutError(ValueError):
 
 
 MESH_DIM_NAMES = ("dp_replicate", "dp_shard", "cp", "tp")
+# Activation checkpointing modes (moviegen/parallel/activation_checkpoint.py applies them);
+# here, beside the other layout names, so a config reads them without torch.
+AC_MODES = ("none", "full", "selective")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@
     par = parallelize(model, dims, mesh, cfg.parallel, device_type="cuda")
     model.to_empty(device=device); model.init_weights()
     ...
-    loss.backward(); par.finish_grads(); clip_grad_norm_(model.parameters(), max_norm)
+    loss.backward(); finish_sequence_parallel_grads(model); clip_grad_norm_(...)
 
 Order: tensor parallel -> context parallel -> activation checkpointing -> per-block
 torch.compile -> FSDP (blocks first, root last). TP/CP install hooks and class swaps on
@@ -27,7 +27,7 @@ from torch.distributed.tensor import DTensor
 from moviegen.parallel.activation_checkpoint import apply_activation_checkpointing
 from moviegen.parallel.context_parallel import apply_context_parallel
 from moviegen.parallel.parallel_dims import ParallelDims
-from moviegen.parallel.tensor_parallel import apply_tensor_parallel, reduce_sequence_parallel_grads
+from moviegen.parallel.tensor_parallel import apply_tensor_parallel
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -85,16 +85,12 @@ def apply_fsdp_units(model, mesh, units, forward_methods=(), param_dtype=None,
 
 @dataclass
 class Parallelized:
-    """What the trainer needs after parallelize: the mesh and the gradient hooks."""
+    """What the trainer needs after parallelize: the layout and its mesh."""
 
     model: torch.nn.Module
     dims: ParallelDims
     mesh: object
 
-    def finish_grads(self) -> None:
-        """After backward: sum sequence-parallel parameters' partial grads over TP."""
-        if self.dims.tp > 1:
-            reduce_sequence_parallel_grads(self.model, self.mesh["tp"].get_group())
 
 
 def parallelize(model, dims: ParallelDims, mesh, parallel_cfg, device_type: str) -> Parallelized:

@@ -13,10 +13,15 @@ the sequence shard's). Parameters used only in the sequence-parallel region (nor
 weights, the adaLN tables and shared time MLP, positions, patch embedding, final layer)
 see only this rank's tokens, so their gradients are partial sums over TP:
 ``reduce_sequence_parallel_grads`` all-reduces them (one flat buffer) after backward.
+``apply_tensor_parallel`` records each model it shards with its TP group, so
+``finish_sequence_parallel_grads(model)`` (which the training loop calls after every
+backward) finds them without the trainer knowing the layout: a model TP never touched,
+or a one-process run, needs and gets nothing.
 """
 from __future__ import annotations
 
 import fnmatch
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -73,10 +78,16 @@ def _style(name: str):
     raise KeyError(f"unknown tensor-parallel style '{name}'")
 
 
+# Model -> the TP group whose ranks each hold partial sums of its sequence-parallel
+# gradients (weak: a model that is dropped takes its entry with it).
+_SEQUENCE_PARALLEL_GROUPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def apply_tensor_parallel(model, tp_mesh) -> None:
     """Shards every block's projections over ``tp_mesh`` per BLOCK_TP_PLAN (in place)."""
     for block in model.blocks.values():
         parallelize_module(block, tp_mesh, {k: _style(v) for k, v in BLOCK_TP_PLAN.items()})
+    _SEQUENCE_PARALLEL_GROUPS[model] = tp_mesh.get_group()
 
 
 # --------------------------------------------------------------------------- gradients
@@ -87,6 +98,15 @@ def is_sequence_parallel_param(name: str) -> bool:
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
+
+
+def finish_sequence_parallel_grads(model) -> None:
+    """After backward: sums the partial gradients of every tensor-parallel model inside
+    ``model`` (itself or a submodule) over its TP group; nothing when TP was not applied."""
+    for module in model.modules():
+        group = _SEQUENCE_PARALLEL_GROUPS.get(module)
+        if group is not None:
+            reduce_sequence_parallel_grads(module, group)
 
 
 @torch.no_grad()

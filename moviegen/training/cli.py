@@ -16,7 +16,7 @@ def run_training(trainer_cls, config_cls, argv: list[str] | None, description: s
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     try:
-        cfg = parse_args(config_cls, argv, description)
+        cfg = parse_args(config_cls, argv, description, checks=trainer_cls.check_config)
         trainer = trainer_cls(cfg)  # checks the layout before any process group exists
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

@@ -43,6 +43,27 @@ from moviegen.parallel.state import (gather_full_state_dict, init_shards, load_f
 logger = logging.getLogger("moviegen.training")
 
 
+def check_job(cfg) -> None:
+    """The transformer job's config rules that need the data and model code (moviegen.config
+    imports neither): train.tasks' names, every data shape (synthetic, the video buckets,
+    a precomputed index) against the position tables and the attention windows, the tasks
+    against those shapes, and train.trainable against the model's parameter names.
+    ``python -m moviegen.train`` runs them while parsing, so an error names its source,
+    before any process group or output exists."""
+    from moviegen.conditioning import TASKS, check_tasks
+    from moviegen.config import check
+    from moviegen.training.optim import check_trainable
+
+    for name in cfg.train.tasks:
+        check(name in TASKS, "train.tasks", f"unknown task '{name}' (choose from "
+              f"{', '.join(TASKS)})")
+    grids = latent_grids(cfg)
+    for name, T, H, W in grids:
+        cfg.model.patch_grid_fits(name, T, H, W)
+    check_tasks(cfg, grids)
+    check_trainable(cfg)
+
+
 def job_layout(cfg, world: int):
     """ParallelDims of a transformer job on ``world`` ranks: every layout rule (world size,
     heads and FFN width against tp, each data shape's tokens against cp x tp, the global
@@ -58,6 +79,7 @@ def job_layout(cfg, world: int):
 class DiffusionTrainer(Trainer):
     label = "train"
     val_key = "val_loss"
+    check_config = staticmethod(check_job)
 
     def check_layout(self, world: int):
         return job_layout(self.cfg, world)
@@ -76,8 +98,7 @@ class DiffusionTrainer(Trainer):
             n_train = sum(p.numel() for n, p in model.named_parameters() if n in trainable)
             logger.info("train.trainable: %d of %d parameters train (%d tensors)",
                         n_train, n_all, len(trainable))
-        self.parallel = parallelize(model, self.dims, self.mesh, cfg.parallel,
-                                    self.device.type)
+        parallelize(model, self.dims, self.mesh, cfg.parallel, self.device.type)
         model.to_empty(device=self.device)
         # whole tensors from (train.seed, unit name), then this rank's shard: the same
         # initial weights on every layout (init_weights after sharding would draw each
@@ -183,9 +204,6 @@ class DiffusionTrainer(Trainer):
         from moviegen.training.samples import write_samples
 
         write_samples(self, log.writer, self.step)
-
-    def after_backward(self) -> None:
-        self.parallel.finish_grads()  # TP: sum sequence-parallel partial grads
 
     def sample_cost(self, latent_shape_BCTHW) -> tuple[int, float]:
         """(video tokens, model FLOPs) of one sample of this latent shape (moviegen.models.flops)."""

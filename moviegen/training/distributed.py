@@ -1,6 +1,6 @@
 """Device, precision and process group of a run; the layout checked before any of it.
 
-    device = pick_device(cfg.train.device)
+    device = pick_device(cfg.train.device)          # cuda:LOCAL_RANK when there is a GPU
     dims = check_layout(cfg.parallel, world_size(), n_heads=..., ffn_dim=..., grids=...)
     meshes = init_distributed(dims, device)          # None on one process
     mean_over_dp(loss, meshes)                       # a per-rank value averaged over DP
@@ -67,15 +67,21 @@ def mean_over_dp(value: torch.Tensor, mesh) -> torch.Tensor:
     return value / mesh["dp"].size()
 
 
-def init_distributed(dims: ParallelDims, device: torch.device):
-    """Starts the process group (NCCL on GPUs, gloo on CPU) and builds the named meshes;
-    None for a one-process run."""
-    if dims.world_size == 1:
-        return None
+def start_process_group(device: torch.device) -> None:
+    """This rank's process group on the backend for ``device`` (what pick_device chose):
+    NCCL on a GPU (this rank's, set as the current device first), gloo on the CPU."""
     import torch.distributed as dist
 
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def init_distributed(dims: ParallelDims, device: torch.device):
+    """Starts the process group (start_process_group) and builds the named meshes; None
+    for a one-process run."""
+    if dims.world_size == 1:
+        return None
+    start_process_group(device)
     return dims.build_mesh(device.type)

@@ -2,6 +2,8 @@
 
 A model's trainer subclasses ``Trainer`` and supplies what differs (torchtitan's pattern):
 
+    check_config(cfg)          optional: config rules that need the model or data code
+                               (run while the command line is parsed)
     check_layout(world)        layout rules that need the model or data (before any
                                process group), returns ParallelDims
     build_model()              meta -> parallelize -> materialise -> init; returns the model
@@ -12,7 +14,9 @@ A model's trainer subclasses ``Trainer`` and supplies what differs (torchtitan's
     write_samples(log)         optional: samples every train.sample_every steps
 
 Everything else is here, once: device and process group (after the layout is checked),
-AdamW + warmup/cosine schedule, global gradient clipping, the non-finite guard (a skipped
+AdamW + warmup/cosine schedule, tensor parallel's gradient fix-up (the sequence-parallel
+parameters' partial gradients summed over TP after every backward, for any model that
+moviegen.parallel sharded), global gradient clipping, the non-finite guard (a skipped
 update, K in a row stop the run), SIGTERM/SIGUSR1 preemption (every rank finishes its
 step, saves and exits 0), EMA, checkpoints of Stateful objects with exact resume (same
 command, same output_dir), metrics.jsonl + TensorBoard + progress bar, profiler traces.
@@ -39,6 +43,7 @@ from moviegen.training.fault import NonFiniteGuard, StopRequest, agree_on_flags
 from moviegen.training.metrics import RunLog
 from moviegen.training.optim import build_optimizer
 from moviegen.parallel.parallelize import clip_grad_norm_
+from moviegen.parallel.tensor_parallel import finish_sequence_parallel_grads
 
 logger = logging.getLogger("moviegen.training")
 
@@ -98,6 +103,12 @@ class Trainer:
             logger.info("resumed from %s at step %d", self.resumed_from, self.step)
 
     # -- what a model's trainer supplies ------------------------------------
+    @staticmethod
+    def check_config(cfg) -> None:
+        """Config rules that need the model's or the data's code (moviegen.config imports
+        neither); moviegen.training.launch runs them while parsing, so an error names
+        where the value came from."""
+
     def check_layout(self, world: int):
         raise NotImplementedError
 
@@ -122,9 +133,6 @@ class Trainer:
     def write_samples(self, log: RunLog) -> None:
         """Every train.sample_every steps, on every rank (a sharded forward is a
         collective); nothing for a model without a sampler."""
-
-    def after_backward(self) -> None:
-        """Between backward and clipping (e.g. TP's sequence-parallel gradient sums)."""
 
     def after_step(self, batch: dict, skipped: bool) -> dict:
         """After the optimizer step (e.g. a discriminator's own update); returns more
@@ -192,7 +200,8 @@ class Trainer:
         self.model.train()
         t0 = time.perf_counter()
         loss, metrics = self.forward_backward(batch)
-        self.after_backward()
+        # TP: each rank holds a partial sum for the parameters used on its sequence shard
+        finish_sequence_parallel_grads(self.model)
         t1 = time.perf_counter()
         # the true global norm over plain tensors and DTensors on every mesh
         grad_norm = clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
