@@ -2,7 +2,8 @@
 # Train on one node with torchrun.
 #
 #   launch/torchrun.sh CONFIG [--section.key=value ...]
-#   NPROC=8 launch/torchrun.sh launch/configs/stage1_t2i_256.yaml --parallel.tp=2
+#   NPROC=8 launch/torchrun.sh my_stage1.yaml --parallel.tp=2   # a copy of
+#       launch/configs/stage1_t2i_256.yaml with its data and text encoder folders filled in
 #   NPROC=2 launch/torchrun.sh launch/configs/tiny.yaml --train.steps=20   # CPU, gloo
 #
 # Environment:
@@ -16,7 +17,7 @@
 set -euo pipefail
 
 if [[ $# -lt 1 ]]; then
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 CONFIG=$1

@@ -6,8 +6,6 @@ import sys
 import numpy as np
 import pytest
 
-# multi-process or end-to-end: outside the fast tier (pytest -m "not slow")
-pytestmark = pytest.mark.slow
 
 av = pytest.importorskip("av")
 
@@ -17,6 +15,7 @@ def count_frames(path):
         return sum(1 for _ in c.decode(video=0))
 
 
+@pytest.mark.slow  # the whole demo, every stage shrunk
 def test_quick_demo_runs_every_stage_and_the_sampler_writes_playable_video(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run([sys.executable, "-m", "moviegen.demo", "--quick", "--output_dir", str(out)],

@@ -23,8 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-SPLITS = ("train", "val")
-
+from moviegen.config.video import SPLITS
 
 def read_index(directory: str) -> dict:
     """``<directory>/index.json``; a clear error when it is missing or unreadable."""
@@ -39,7 +38,6 @@ def read_index(directory: str) -> dict:
         raise ValueError(f"{path}: not valid JSON ({e}); rerun python -m moviegen.precompute"
                          ) from None
 
-
 def latent_shapes(directory: str) -> list[tuple[str, int, int, int]]:
     """(bucket, T', H', W') of every latent shape in a precomputed set (from its index)."""
     seen = {}
@@ -48,17 +46,14 @@ def latent_shapes(directory: str) -> list[tuple[str, int, int, int]]:
         seen.setdefault((T, H, W), shard["bucket"])
     return [(name, T, H, W) for (T, H, W), name in seen.items()]
 
-
 def shard_name(rank: int, batch_index: int) -> str:
     return f"r{rank:04d}_b{batch_index:06d}.safetensors"
-
 
 def _seek(loader, batch_index: int) -> None:
     """Moves a fresh loader to ``batch_index`` of epoch 0 without decoding anything."""
     state = loader.state_dict()
     state["epoch"], state["batch_index"] = 0, batch_index
     loader.load_state_dict(state)
-
 
 def precompute_split(cfg, split: str, out_dir: str, rank: int, world: int, encoder,
                      text_encoders, device) -> dict:
@@ -103,7 +98,6 @@ def precompute_split(cfg, split: str, out_dir: str, rank: int, world: int, encod
     return {"written": written, "already_done": skipped_existing,
             "skipped_files": loader.stats()["skipped_files"]}
 
-
 def write_index(out_dir: str, cfg, text_dims: dict) -> dict:
     shards = []
     for split in SPLITS:
@@ -128,8 +122,6 @@ def write_index(out_dir: str, cfg, text_dims: dict) -> dict:
         json.dump(index, f, indent=1)
     os.replace(tmp, os.path.join(out_dir, "index.json"))
     return index
-
-
 
 class PrecomputedLoader:
     """Batches of precomputed latents + text embeddings, resumable and DP-sharded.
